@@ -1,0 +1,137 @@
+"""create_app(service, settings): the FastAPI app every service runs in."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from shared.errors import ModelNotReadyError, install_error_handlers
+from shared.metrics import Metrics
+from shared.middleware import ServingMiddleware
+from shared.service import ModelRuntime, ModelService
+from shared.settings import ServingSettings, available_cores
+
+log = logging.getLogger("modelplane.app")
+
+ServiceFactory = Callable[[], ModelService[Any, Any, Any, Any]]
+
+
+def get_runtime(request: Request) -> ModelRuntime:
+    return request.app.state.runtime
+
+
+RuntimeDep = Annotated[ModelRuntime, Depends(get_runtime)]
+
+
+def create_app(
+    service: ServiceFactory, settings: ServingSettings | None = None, *, load: bool = True
+) -> FastAPI:
+    """Build a service app: lifespan loading, health, metrics, errors, limits and docs.
+
+    `service` is the ModelService class (or any factory of instances); a fresh instance is made
+    per model load. `load=False` leaves loading to the caller (tests drive it directly).
+    """
+    settings = settings or ServingSettings()
+    name = service.name  # type: ignore[attr-defined]
+    metrics = Metrics(name)
+    runtime = ModelRuntime(service, settings, metrics)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        log.info(
+            "starting %s: model %s, variant %s, onnx intra-op threads %d, inference workers %d, "
+            "cores %d",
+            name,
+            runtime.uri,
+            settings.model_variant or "(bundle default)",
+            settings.intra_op_threads(),
+            settings.inference_workers,
+            available_cores(),
+        )
+        task = asyncio.create_task(asyncio.to_thread(runtime.load_until_ready)) if load else None
+        try:
+            yield
+        finally:
+            runtime.stop()
+            if task is not None:
+                await asyncio.wait({task}, timeout=5)
+
+    app = FastAPI(
+        title=f"modelplane {name}",
+        version="0.1.0",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.runtime = runtime
+    app.state.metrics = metrics
+    app.state.settings = settings
+    install_error_handlers(app)
+    app.add_middleware(ServingMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes)
+    _add_docs(app)
+    _add_health(app, runtime, metrics)
+    app.include_router(service.router)  # type: ignore[attr-defined]
+    return app
+
+
+def _add_health(app: FastAPI, runtime: ModelRuntime, metrics: Metrics) -> None:
+    @app.get("/livez", tags=["health"], summary="The process is alive (never checks the model).")
+    async def livez() -> dict[str, str]:
+        return {"status": "alive"}
+
+    @app.get("/readyz", tags=["health"], summary="200 once the model is loaded, verified and warm.")
+    async def readyz() -> dict[str, Any]:
+        model = runtime.current
+        if model is None:
+            raise ModelNotReadyError(f"not ready: {runtime.last_error}")
+        return {"status": "ready", "model": model.info()}
+
+    @app.get("/metrics", tags=["health"], summary="Prometheus metrics.")
+    async def prometheus_metrics() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/model", tags=["model"], summary="The model being served and its input spec.")
+    async def model_info() -> JSONResponse:
+        model = runtime.require_model()
+        manifest = model.service.describe()
+        return JSONResponse(
+            {
+                **model.info(),
+                "uri": model.uri,
+                "source_run": model.run_id,
+                "from_cache_only": model.from_cache_only,
+                "load_seconds": round(model.load_seconds, 3),
+                "threads": {
+                    "cores": available_cores(),
+                    "onnx_intra_op": runtime.settings.intra_op_threads(),
+                    "inference_workers": runtime.settings.inference_workers,
+                },
+                **manifest,
+            }
+        )
+
+
+def _add_docs(app: FastAPI) -> None:
+    """Swagger UI served from the installed swagger-ui-bundle, so the docs work offline."""
+    from swagger_ui_bundle import swagger_ui_path
+
+    app.mount("/docs/static", StaticFiles(directory=swagger_ui_path), name="docs-static")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title=f"{app.title} - API docs",
+            swagger_js_url="/docs/static/swagger-ui-bundle.js",
+            swagger_css_url="/docs/static/swagger-ui.css",
+            swagger_favicon_url="/docs/static/favicon-32x32.png",
+        )

@@ -1,0 +1,85 @@
+"""Every Prometheus metric family a service exports, on a registry owned by one app."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+# Latency buckets from 1 ms to 10 s: single-image ONNX inference sits in the low milliseconds,
+# diffusion and explanations in seconds.
+LATENCY_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.0075,
+    0.01,
+    0.015,
+    0.025,
+    0.05,
+    0.075,
+    0.1,
+    0.25,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+
+
+class Metrics:
+    """The metric families of one app, labelled by service and route template."""
+
+    def __init__(self, service: str) -> None:
+        self.service = service
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "modelplane_requests_total",
+            "HTTP requests handled, by route template, method and status code.",
+            ["service", "route", "method", "status"],
+            registry=self.registry,
+        )
+        self.request_duration = Histogram(
+            "modelplane_request_duration_seconds",
+            "HTTP request latency from first byte in to response start.",
+            ["service", "route", "method"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.inference_duration = Histogram(
+            "modelplane_inference_duration_seconds",
+            "Time spent in the model's predict() per call.",
+            ["service"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.model_info = Gauge(
+            "modelplane_model_info",
+            "The model being served (value 1 for the active one).",
+            ["service", "name", "version", "variant"],
+            registry=self.registry,
+        )
+        self.model_load_seconds = Gauge(
+            "modelplane_model_load_seconds",
+            "Seconds the last successful model load took (fetch, verify, load, warm up).",
+            ["service"],
+            registry=self.registry,
+        )
+        self.model_load_failures = Counter(
+            "modelplane_model_load_failures_total",
+            "Model loads that failed.",
+            ["service"],
+            registry=self.registry,
+        )
+        self.ready = Gauge(
+            "modelplane_ready",
+            "1 when the service is ready to serve, else 0.",
+            ["service"],
+            registry=self.registry,
+        )
+        self.ready.labels(service).set(0)
+        self.model_load_failures.labels(service)
+
+    def set_model(self, name: str, version: str, variant: str) -> None:
+        self.model_info.clear()
+        self.model_info.labels(self.service, name, version, variant).set(1)

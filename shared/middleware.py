@@ -1,0 +1,96 @@
+"""ASGI middleware: request id, body size limit, per-route metrics and access log."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from shared.errors import PayloadTooLargeError
+from shared.metrics import Metrics
+
+access_log = logging.getLogger("modelplane.access")
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._\-]{1,64}$")
+
+
+class ServingMiddleware:
+    """Assigns a request id, caps the body, and records every request in the metrics."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics, max_body_bytes: int) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        headers = dict(scope.get("headers") or [])
+        supplied = headers.get(b"x-request-id", b"").decode("latin-1")
+        request_id = supplied if _REQUEST_ID.match(supplied) else uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+        status = {"code": 500}
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
+            await send(message)
+
+        limited = _limit_body(receive, headers, self.max_body_bytes)
+        try:
+            await self.app(scope, limited, send_with_id)
+        finally:
+            self._record(scope, status["code"], time.perf_counter() - started, request_id)
+
+    def _record(self, scope: Scope, status: int, seconds: float, request_id: str) -> None:
+        route: Any = scope.get("route")
+        template = getattr(route, "path", None) or "unmatched"
+        method = scope.get("method", "GET")
+        service = self.metrics.service
+        self.metrics.requests.labels(service, template, method, str(status)).inc()
+        self.metrics.request_duration.labels(service, template, method).observe(seconds)
+        if template not in ("/metrics", "/livez", "/readyz"):
+            access_log.info(
+                "%s %s %d %.1fms",
+                method,
+                scope.get("path"),
+                status,
+                seconds * 1000,
+                extra={
+                    "request_id": request_id,
+                    "route": template,
+                    "status": status,
+                    "latency_ms": round(seconds * 1000, 2),
+                },
+            )
+
+
+def _limit_body(receive: Receive, headers: dict[bytes, bytes], limit: int) -> Receive:
+    """A receive() refusing bodies over `limit`: by header up front, by count as they stream."""
+    declared = headers.get(b"content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        size = int(declared)
+
+        async def refuse() -> Message:
+            raise PayloadTooLargeError(f"the request body is {size} bytes; the limit is {limit}")
+
+        return refuse
+    seen = 0
+
+    async def counting() -> Message:
+        nonlocal seen
+        message = await receive()
+        if message["type"] == "http.request":
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                raise PayloadTooLargeError(f"the request body exceeds the limit of {limit} bytes")
+        return message
+
+    return counting

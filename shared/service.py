@@ -1,0 +1,197 @@
+"""The ModelService interface (four methods) and the runtime that loads and runs one.
+
+A service implements `load`, `preprocess`, `predict` and `postprocess`; the runtime fetches and
+verifies the bundle, loads it with retries, warms it up, reports readiness and runs requests
+off the event loop. A fresh service instance is built per load, so a later model swap can load
+a new one beside the old and switch atomically.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Generic, TypeVar
+
+from fastapi import APIRouter
+
+from shared.bundle import Bundle
+from shared.errors import InferenceError, ModelNotReadyError, ServingError
+from shared.metrics import Metrics
+from shared.registry import FetchedModel, configure_client, fetch
+from shared.settings import ServingSettings
+
+log = logging.getLogger("modelplane.service")
+
+RequestT = TypeVar("RequestT")
+ItemT = TypeVar("ItemT")
+OutputT = TypeVar("OutputT")
+ResponseT = TypeVar("ResponseT")
+
+
+class ModelService(ABC, Generic[RequestT, ItemT, OutputT, ResponseT]):
+    """What a service implements; `shared` adds everything else around it."""
+
+    #: the one name that runs through the stack: folder, route, registered model, metric label
+    name: ClassVar[str]
+    #: the task routes (under /v1/...) of this service
+    router: ClassVar[APIRouter]
+
+    @abstractmethod
+    def load(self, bundle: Bundle, variant: str, settings: ServingSettings) -> None:
+        """Load the verified bundle's `variant`; raise BundleError if it cannot be served."""
+
+    def warmup(self) -> None:
+        """Run the model once on the bundle's sample inputs before reporting ready."""
+
+    def describe(self) -> dict[str, Any]:
+        """Extra facts for GET /v1/model (input spec, labels, threads...)."""
+        return {}
+
+    @abstractmethod
+    def preprocess(self, request: RequestT) -> ItemT:
+        """Turn one validated request into a model input; bad input raises InvalidInputError."""
+
+    @abstractmethod
+    def predict(self, items: list[ItemT]) -> list[OutputT]:
+        """Run the model on a batch; return one output per item, in order."""
+
+    @abstractmethod
+    def postprocess(self, output: OutputT, request: RequestT) -> ResponseT:
+        """Turn one model output into the response body."""
+
+
+@dataclass
+class LoadedModel:
+    """A service instance with a loaded model and where the model came from."""
+
+    service: ModelService[Any, Any, Any, Any]
+    name: str
+    version: str
+    variant: str
+    run_id: str | None
+    uri: str
+    from_cache_only: bool
+    load_seconds: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def info(self) -> dict[str, str]:
+        return {"name": self.name, "version": self.version, "variant": self.variant}
+
+
+class ModelRuntime:
+    """Loads a service's model in the background and runs requests through it."""
+
+    def __init__(
+        self,
+        factory: Callable[[], ModelService[Any, Any, Any, Any]],
+        settings: ServingSettings,
+        metrics: Metrics,
+    ) -> None:
+        self.factory = factory
+        self.settings = settings
+        self.metrics = metrics
+        self.service_name = metrics.service
+        self.uri = settings.resolved_model_uri(self.service_name)
+        self.current: LoadedModel | None = None
+        self.last_error: str | None = "the model is loading"
+        self.executor = ThreadPoolExecutor(
+            max_workers=settings.inference_workers, thread_name_prefix=f"{self.service_name}-infer"
+        )
+        self._stop = threading.Event()
+
+    # ---- loading -------------------------------------------------------------------------
+    def load_once(self) -> LoadedModel:
+        """Fetch, verify, load and warm up the model; raises on any failure."""
+        started = time.perf_counter()
+        configure_client(self.settings.mlflow_tracking_uri, self.settings.registry_timeout_s)
+        fetched: FetchedModel = fetch(self.uri, self.settings.model_cache_dir)
+        variant = fetched.bundle.variant_name(self.settings.model_variant or None)
+        service = self.factory()
+        service.load(fetched.bundle, variant, self.settings)
+        service.warmup()
+        loaded = LoadedModel(
+            service=service,
+            name=fetched.name,
+            version=fetched.version,
+            variant=variant,
+            run_id=fetched.run_id or fetched.bundle.manifest.get("source", {}).get("run_id"),
+            uri=self.uri,
+            from_cache_only=fetched.from_cache_only,
+            load_seconds=time.perf_counter() - started,
+        )
+        return loaded
+
+    def activate(self, loaded: LoadedModel) -> None:
+        self.current = loaded
+        self.last_error = None
+        self.metrics.set_model(loaded.name, loaded.version, loaded.variant)
+        self.metrics.model_load_seconds.labels(self.service_name).set(loaded.load_seconds)
+        self.metrics.ready.labels(self.service_name).set(1)
+        log.info(
+            "model ready: %s version %s variant %s in %.2fs%s",
+            loaded.name,
+            loaded.version,
+            loaded.variant,
+            loaded.load_seconds,
+            " (registry unreachable: from verified cache)" if loaded.from_cache_only else "",
+        )
+
+    def load_until_ready(self) -> None:
+        """Retry loading with capped exponential backoff until it works or the app stops."""
+        delay = 0.5
+        while not self._stop.is_set():
+            try:
+                self.activate(self.load_once())
+                return
+            except Exception as exc:
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                self.metrics.model_load_failures.labels(self.service_name).inc()
+                log.error("model load failed (retrying in %.1fs): %s", delay, self.last_error)
+            self._stop.wait(delay)
+            delay = min(delay * 2, self.settings.load_retry_max_s)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.metrics.ready.labels(self.service_name).set(0)
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+    # ---- serving -------------------------------------------------------------------------
+    def require_model(self) -> LoadedModel:
+        model = self.current
+        if model is None:
+            raise ModelNotReadyError(f"the model is not ready: {self.last_error}")
+        return model
+
+    async def infer(self, request: Any) -> tuple[Any, LoadedModel]:
+        """Preprocess, predict and postprocess one request in the inference executor."""
+        model = self.require_model()
+        loop = asyncio.get_running_loop()
+        response = await loop.run_in_executor(self.executor, self._run_one, model, request)
+        return response, model
+
+    def _run_one(self, model: LoadedModel, request: Any) -> Any:
+        service = model.service
+        item = service.preprocess(request)
+        started = time.perf_counter()
+        try:
+            outputs = service.predict([item])
+        except ServingError:
+            raise
+        except Exception as exc:
+            raise InferenceError(f"predict failed: {type(exc).__name__}: {exc}") from exc
+        finally:
+            self.metrics.inference_duration.labels(self.service_name).observe(
+                time.perf_counter() - started
+            )
+        if len(outputs) != 1:
+            raise InferenceError(
+                f"{type(service).__name__}.predict returned {len(outputs)} outputs for 1 input; "
+                "it must return exactly one output per item"
+            )
+        return service.postprocess(outputs[0], request)

@@ -1,0 +1,73 @@
+"""ServingSettings: every knob a service reads, from environment variables, documented per field."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def available_cores() -> int:
+    """Cores this process may run on (cgroup/affinity aware, unlike os.cpu_count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - non-Linux
+        return max(1, os.cpu_count() or 1)
+
+
+class ServingSettings(BaseSettings):
+    """Configuration of one service process; built in `create_app`, never at import time."""
+
+    model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
+
+    mlflow_tracking_uri: str = Field(
+        "http://127.0.0.1:5000", description="MLflow tracking server and model registry URL."
+    )
+    model_uri: str = Field(
+        "",
+        description="Model to serve, models:/NAME@ALIAS or models:/NAME/VERSION; "
+        "empty means models:/<service>@production.",
+    )
+    model_variant: str = Field(
+        "",
+        description="Bundle variant to load (fp32, int8-static, ...); empty = the bundle default.",
+    )
+    model_cache_dir: Path = Field(
+        Path(".modelplane/cache"), description="Local directory of verified downloaded bundles."
+    )
+    onnx_intra_op_threads: int = Field(
+        0,
+        ge=0,
+        le=256,
+        description="onnxruntime intra-op threads; 0 = the cores available to the process.",
+    )
+    inference_workers: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Threads that run predict() off the event loop (batches in flight).",
+    )
+    max_body_bytes: int = Field(
+        8 * 1024 * 1024, ge=1024, description="Largest accepted request body; larger is a 413."
+    )
+    max_image_pixels: int = Field(
+        4096 * 4096,
+        ge=1,
+        description="Largest decoded image (width*height), checked before decoding.",
+    )
+    registry_timeout_s: float = Field(
+        5.0, gt=0, description="Timeout of one MLflow registry request."
+    )
+    load_retry_max_s: float = Field(
+        30.0, gt=0, description="Cap of the backoff between failed model loads."
+    )
+    log_level: str = Field("INFO", description="Python logging level of the service.")
+    log_json: bool = Field(True, description="Log JSON lines (false: plain text).")
+
+    def resolved_model_uri(self, service: str) -> str:
+        return self.model_uri or f"models:/{service}@production"
+
+    def intra_op_threads(self) -> int:
+        return self.onnx_intra_op_threads or available_cores()

@@ -1,0 +1,226 @@
+"""The shared runtime, exercised through the classify service on a tiny ONNX bundle."""
+
+from __future__ import annotations
+
+import base64
+import io
+import struct
+import zlib
+
+import numpy as np
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from services.classify.service import ClassifyService
+from shared.app import create_app
+from shared.media import gray_to_image, image_to_array
+from shared.settings import ServingSettings
+from tests.tinymodels import LABELS, SPEC, linear_logits, tiny_classifier
+from tests.unit.conftest import png_bytes
+
+DIGIT = (np.arange(64).reshape(8, 8) * 4 % 256).astype(np.uint8)
+
+
+def expected_top1(pixels: np.ndarray) -> str:
+    x = image_to_array(gray_to_image(pixels), SPEC)[None]
+    return LABELS[int(linear_logits(tiny_classifier(0), x).argmax())]
+
+
+def test_readyz_is_503_until_model_loaded(settings: ServingSettings) -> None:
+    app = create_app(ClassifyService, settings, load=False)
+    with TestClient(app) as client:
+        response = client.get("/readyz")
+        assert response.status_code == 503
+        assert response.headers["content-type"] == "application/problem+json"
+        assert client.get("/livez").status_code == 200
+        assert (
+            client.post(
+                "/v1/classify", content=png_bytes(DIGIT), headers={"content-type": "image/png"}
+            ).status_code
+            == 503
+        )
+        runtime = app.state.runtime
+        runtime.activate(runtime.load_once())
+        assert client.get("/readyz").json()["model"] == {
+            "name": "classify",
+            "version": "1",
+            "variant": "fp32",
+        }
+
+
+def test_classify_json_raw_and_multipart_agree_with_reference(client: TestClient) -> None:
+    png = png_bytes(DIGIT)
+    answers = [
+        client.post("/v1/classify", json={"image": base64.b64encode(png).decode(), "top_k": 3}),
+        client.post("/v1/classify?top_k=3", content=png, headers={"content-type": "image/png"}),
+        client.post("/v1/classify?top_k=3", files={"file": ("d.png", png, "image/png")}),
+    ]
+    for response in answers:
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["model"] == {"name": "classify", "version": "1", "variant": "fp32"}
+        assert len(body["predictions"]) == 3
+        scores = [p["score"] for p in body["predictions"]]
+        assert scores == sorted(scores, reverse=True)
+        assert body["predictions"][0]["label"] == expected_top1(DIGIT)
+    assert answers[0].json() == answers[1].json() == answers[2].json()
+
+
+def test_colour_and_larger_images_are_converted_and_resized(client: TestClient) -> None:
+    big = np.kron(DIGIT, np.ones((4, 4), dtype=np.uint8))  # 32x32, same digit
+    rgb = Image.fromarray(np.stack([big] * 3, axis=-1))
+    buffer = io.BytesIO()
+    rgb.save(buffer, format="JPEG", quality=95)
+    response = client.post(
+        "/v1/classify", content=buffer.getvalue(), headers={"content-type": "image/jpeg"}
+    )
+    assert response.status_code == 200
+    assert len(response.json()["predictions"]) == 5
+
+
+def test_model_info_reports_version_variant_and_threads(client: TestClient) -> None:
+    info = client.get("/v1/model").json()
+    assert (info["name"], info["version"], info["variant"]) == ("classify", "1", "fp32")
+    assert info["inputs"] == [{"name": "input", "dtype": "float32", "shape": [-1, 3, 8, 8]}]
+    assert info["threads"]["onnx_intra_op"] == 1
+    assert info["from_cache_only"] is True
+
+
+def problem(response, status: int, code: str) -> None:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    body = response.json()
+    assert body["status"] == status and body["code"] == code and body["detail"]
+    assert body["request_id"] == response.headers["x-request-id"]
+
+
+def test_bad_inputs_get_clear_4xx(client: TestClient) -> None:
+    png = png_bytes(DIGIT)
+    problem(
+        client.post("/v1/classify", content=b"hello", headers={"content-type": "text/plain"}),
+        415,
+        "unsupported_media_type",
+    )
+    problem(
+        client.post("/v1/classify", content=b"not an image", headers={"content-type": "image/png"}),
+        400,
+        "invalid_input",
+    )
+    problem(
+        client.post(
+            "/v1/classify", content=png[: len(png) // 2], headers={"content-type": "image/png"}
+        ),
+        400,
+        "invalid_input",
+    )
+    problem(client.post("/v1/classify", json={"image": "%%%not base64"}), 400, "invalid_input")
+    problem(client.post("/v1/classify", json={"picture": "x"}), 422, "invalid_parameter")
+    problem(
+        client.post("/v1/classify", content=b"{", headers={"content-type": "application/json"}),
+        422,
+        "invalid_parameter",
+    )
+    problem(
+        client.post("/v1/classify?top_k=0", content=png, headers={"content-type": "image/png"}),
+        422,
+        "validation_error",
+    )
+    problem(
+        client.post("/v1/classify?top_k=11", content=png, headers={"content-type": "image/png"}),
+        422,
+        "invalid_parameter",
+    )
+    problem(
+        client.post("/v1/classify", files={"other": ("d.png", png, "image/png")}),
+        400,
+        "invalid_input",
+    )
+
+
+def test_body_over_limit_is_413(client: TestClient) -> None:
+    problem(
+        client.post(
+            "/v1/classify", content=b"\0" * (65 * 1024), headers={"content-type": "image/png"}
+        ),
+        413,
+        "payload_too_large",
+    )
+
+    def chunks():  # no content-length: the limit is enforced while streaming
+        for _ in range(70):
+            yield b"\0" * 1024
+
+    problem(
+        client.post("/v1/classify", content=chunks(), headers={"content-type": "image/png"}),
+        413,
+        "payload_too_large",
+    )
+
+
+def bomb_png(width: int, height: int) -> bytes:
+    """A valid PNG header claiming a huge image, followed by a tiny compressed body."""
+    raw = zlib.compress(b"\0" * 64)
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", raw) + chunk(b"IEND", b"")
+
+
+def test_image_over_pixel_limit_is_refused_before_decoding(client: TestClient) -> None:
+    problem(
+        client.post(
+            "/v1/classify", content=bomb_png(50_000, 50_000), headers={"content-type": "image/png"}
+        ),
+        413,
+        "payload_too_large",
+    )
+    problem(
+        client.post(
+            "/v1/classify", content=bomb_png(300, 300), headers={"content-type": "image/png"}
+        ),
+        413,
+        "payload_too_large",
+    )
+
+
+def test_metrics_count_requests_by_route_template(client: TestClient) -> None:
+    png = png_bytes(DIGIT)
+    for _ in range(3):
+        client.post("/v1/classify", content=png, headers={"content-type": "image/png"})
+    client.post("/v1/classify", content=b"x", headers={"content-type": "text/plain"})
+    client.get("/no/such/path")
+    text = client.get("/metrics").text
+    assert (
+        'modelplane_requests_total{method="POST",route="/v1/classify",service="classify",'
+        'status="200"} 3.0'
+    ) in text
+    assert 'route="/v1/classify",service="classify",status="415"} 1.0' in text
+    assert 'route="unmatched"' in text and "/no/such/path" not in text
+    assert 'modelplane_inference_duration_seconds_count{service="classify"} 3.0' in text
+    assert (
+        'modelplane_model_info{name="classify",service="classify",variant="fp32",version="1"} 1.0'
+        in text
+    )
+    assert 'modelplane_ready{service="classify"} 1.0' in text
+
+
+def test_request_id_is_echoed_or_generated(client: TestClient) -> None:
+    assert (
+        client.get("/livez", headers={"x-request-id": "abc-123"}).headers["x-request-id"]
+        == "abc-123"
+    )
+    generated = client.get("/livez", headers={"x-request-id": "bad id!"}).headers["x-request-id"]
+    assert generated != "bad id!" and len(generated) == 32
+
+
+def test_docs_are_served_without_a_cdn(client: TestClient) -> None:
+    page = client.get("/docs").text
+    assert "cdn" not in page.lower()
+    assert "/docs/static/swagger-ui-bundle.js" in page
+    script = client.get("/docs/static/swagger-ui-bundle.js")
+    assert script.status_code == 200 and len(script.content) > 100_000
+    assert "/v1/classify" in client.get("/openapi.json").json()["paths"]
