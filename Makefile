@@ -1,0 +1,53 @@
+# modelplane: `make demo` and `make test` are all a user needs; both set up .venv first.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+EXTRAS ?= serve,train,dev
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: help setup test lint format demo mlflow serve-classify train-classify export-classify clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
+
+setup: $(STAMP)  ## create or update the virtualenv (.venv) with every extra
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || { echo "==> creating $(VENV) with $(PYTHON)"; $(PYTHON) -m venv $(VENV); }
+	@echo "==> installing modelplane[$(EXTRAS)] (torch is large: the first install takes minutes)"
+	$(PY) -m pip install --progress-bar on --upgrade pip setuptools
+	$(PY) -m pip install --progress-bar on -e ".[$(EXTRAS)]"
+	@touch $(STAMP)
+
+test: setup  ## run lint and the whole test suite
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/pytest
+
+lint: setup  ## ruff lint and format check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: setup  ## ruff format + autofix
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+demo: setup  ## MLflow + train + export + serve classify, send real digits; Ctrl-C stops all
+	$(PY) -m scripts.demo $(DEMO_ARGS)
+
+mlflow: setup  ## run the MLflow tracking server + registry on 127.0.0.1:5000
+	$(VENV)/bin/mlflow server --backend-store-uri sqlite:///.modelplane/mlflow/mlflow.db \
+	  --artifacts-destination .modelplane/mlflow/artifacts --host 127.0.0.1 --port 5000
+
+train-classify: setup  ## train and register classify-torch@candidate (needs `make mlflow`)
+	$(PY) -m training.classify $(ARGS)
+
+export-classify: setup  ## export classify-torch@candidate to classify@production
+	$(PY) -m training.export classify $(ARGS)
+
+serve-classify: setup  ## serve models:/classify@production on 127.0.0.1:8001
+	$(PY) -m services.classify --port 8001
+
+clean:  ## remove run outputs (MLflow store, caches); keeps .venv
+	rm -rf .modelplane .pytest_cache .ruff_cache

@@ -1,0 +1,35 @@
+"""A real MLflow tracking server + registry on a free loopback port, for the whole session."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.procs import BIN, free_port, running, wait_http
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Yield the tracking URI of a fresh MLflow server (SQLite backend, local artifacts)."""
+    root: Path = tmp_path_factory.mktemp("mlflow")
+    port = free_port()
+    cmd = [
+        str(BIN / "mlflow"),
+        "server",
+        "--backend-store-uri",
+        f"sqlite:///{root / 'mlflow.db'}",
+        "--artifacts-destination",
+        str(root / "artifacts"),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
+    uri = f"http://127.0.0.1:{port}"
+    with running(cmd, root / "mlflow.log") as proc:
+        wait_http(f"{uri}/health", proc, root / "mlflow.log", timeout_s=120)
+        yield uri
