@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -51,10 +52,8 @@ def stop(proc: subprocess.Popen[bytes], timeout_s: float = 10) -> None:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=timeout_s)
     except (ProcessLookupError, subprocess.TimeoutExpired):
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         proc.wait(timeout=timeout_s)
 
 
