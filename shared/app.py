@@ -49,19 +49,20 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         log.info(
             "starting %s: model %s, variant %s, onnx intra-op threads %d, inference workers %d, "
-            "cores %d",
+            "max batch %d, cores %d",
             name,
             runtime.uri,
             settings.model_variant or "(bundle default)",
             settings.intra_op_threads(),
             settings.inference_workers,
+            settings.max_batch_size,
             available_cores(),
         )
         task = asyncio.create_task(asyncio.to_thread(runtime.load_until_ready)) if load else None
         try:
             yield
         finally:
-            runtime.stop()
+            await runtime.aclose()
             if task is not None:
                 await asyncio.wait({task}, timeout=5)
 
@@ -110,10 +111,16 @@ def _add_health(app: FastAPI, runtime: ModelRuntime, metrics: Metrics) -> None:
                 "source_run": model.run_id,
                 "from_cache_only": model.from_cache_only,
                 "load_seconds": round(model.load_seconds, 3),
+                "batching": {
+                    "max_batch_size": runtime.batch_config.max_batch_size,
+                    "max_delay_ms": runtime.batch_config.max_delay_ms,
+                    "max_queue": runtime.batch_config.max_queue,
+                },
                 "threads": {
                     "cores": available_cores(),
                     "onnx_intra_op": runtime.settings.intra_op_threads(),
                     "inference_workers": runtime.settings.inference_workers,
+                    "preprocess_workers": runtime.preprocess_workers,
                 },
                 **manifest,
             }

@@ -48,7 +48,7 @@ class Metrics:
         )
         self.inference_duration = Histogram(
             "modelplane_inference_duration_seconds",
-            "Time spent in the model's predict() per call.",
+            "Time spent in the model's predict() per batch.",
             ["service"],
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
@@ -71,6 +71,32 @@ class Metrics:
             ["service"],
             registry=self.registry,
         )
+        self.batch_size = Histogram(
+            "modelplane_batch_size",
+            "Items per predict() call made by the dynamic batcher.",
+            ["service"],
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+            registry=self.registry,
+        )
+        self.queue_wait = Histogram(
+            "modelplane_queue_wait_seconds",
+            "Time a request waited in the batch queue before its batch started.",
+            ["service"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.queue_depth = Gauge(
+            "modelplane_queue_depth",
+            "Requests waiting in the batch queue.",
+            ["service"],
+            registry=self.registry,
+        )
+        self.rejections = Counter(
+            "modelplane_rejections_total",
+            "Requests refused before inference, by reason (queue_full, deadline).",
+            ["service", "reason"],
+            registry=self.registry,
+        )
         self.ready = Gauge(
             "modelplane_ready",
             "1 when the service is ready to serve, else 0.",
@@ -79,6 +105,9 @@ class Metrics:
         )
         self.ready.labels(service).set(0)
         self.model_load_failures.labels(service)
+        self.queue_depth.labels(service).set(0)
+        for reason in ("queue_full", "deadline"):
+            self.rejections.labels(service, reason)
 
     def set_model(self, name: str, version: str, variant: str) -> None:
         self.model_info.clear()

@@ -15,16 +15,17 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, TypeVar
 
 from fastapi import APIRouter
 
+from shared.batching import BatchConfig, Batcher
 from shared.bundle import Bundle
-from shared.errors import InferenceError, ModelNotReadyError, ServingError
+from shared.errors import ModelNotReadyError
 from shared.metrics import Metrics
 from shared.registry import FetchedModel, configure_client, fetch
-from shared.settings import ServingSettings
+from shared.settings import ServingSettings, available_cores
 
 log = logging.getLogger("modelplane.service")
 
@@ -78,7 +79,7 @@ class LoadedModel:
     uri: str
     from_cache_only: bool
     load_seconds: float
-    extra: dict[str, Any] = field(default_factory=dict)
+    batcher: Batcher
 
     def info(self) -> dict[str, str]:
         return {"name": self.name, "version": self.version, "variant": self.variant}
@@ -103,6 +104,17 @@ class ModelRuntime:
         self.executor = ThreadPoolExecutor(
             max_workers=settings.inference_workers, thread_name_prefix=f"{self.service_name}-infer"
         )
+        self.preprocess_workers = settings.preprocess_workers or available_cores()
+        self.preprocess_pool = ThreadPoolExecutor(
+            max_workers=self.preprocess_workers,
+            thread_name_prefix=f"{self.service_name}-pre",
+        )
+        self.batch_config = BatchConfig(
+            max_batch_size=settings.max_batch_size,
+            max_delay_ms=settings.max_delay_ms,
+            max_queue=settings.max_queue,
+            concurrency=settings.inference_workers,
+        )
         self._stop = threading.Event()
 
     # ---- loading -------------------------------------------------------------------------
@@ -124,6 +136,7 @@ class ModelRuntime:
             uri=self.uri,
             from_cache_only=fetched.from_cache_only,
             load_seconds=time.perf_counter() - started,
+            batcher=Batcher(service.predict, self.batch_config, self.executor, self.metrics),
         )
         return loaded
 
@@ -149,17 +162,21 @@ class ModelRuntime:
             try:
                 self.activate(self.load_once())
                 return
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - reported and retried
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 self.metrics.model_load_failures.labels(self.service_name).inc()
                 log.error("model load failed (retrying in %.1fs): %s", delay, self.last_error)
             self._stop.wait(delay)
             delay = min(delay * 2, self.settings.load_retry_max_s)
 
-    def stop(self) -> None:
+    async def aclose(self) -> None:
+        """Stop loading, answer what is queued, and release the worker threads."""
         self._stop.set()
         self.metrics.ready.labels(self.service_name).set(0)
+        if self.current is not None:
+            await self.current.batcher.stop()
         self.executor.shutdown(wait=False, cancel_futures=True)
+        self.preprocess_pool.shutdown(wait=False, cancel_futures=True)
 
     # ---- serving -------------------------------------------------------------------------
     def require_model(self) -> LoadedModel:
@@ -169,29 +186,9 @@ class ModelRuntime:
         return model
 
     async def infer(self, request: Any) -> tuple[Any, LoadedModel]:
-        """Preprocess, predict and postprocess one request in the inference executor."""
+        """Preprocess in a worker thread, predict in a dynamic batch, postprocess."""
         model = self.require_model()
         loop = asyncio.get_running_loop()
-        response = await loop.run_in_executor(self.executor, self._run_one, model, request)
-        return response, model
-
-    def _run_one(self, model: LoadedModel, request: Any) -> Any:
-        service = model.service
-        item = service.preprocess(request)
-        started = time.perf_counter()
-        try:
-            outputs = service.predict([item])
-        except ServingError:
-            raise
-        except Exception as exc:
-            raise InferenceError(f"predict failed: {type(exc).__name__}: {exc}") from exc
-        finally:
-            self.metrics.inference_duration.labels(self.service_name).observe(
-                time.perf_counter() - started
-            )
-        if len(outputs) != 1:
-            raise InferenceError(
-                f"{type(service).__name__}.predict returned {len(outputs)} outputs for 1 input; "
-                "it must return exactly one output per item"
-            )
-        return service.postprocess(outputs[0], request)
+        item = await loop.run_in_executor(self.preprocess_pool, model.service.preprocess, request)
+        output = await model.batcher.submit(item, self.settings.request_timeout_s)
+        return model.service.postprocess(output, request), model

@@ -47,7 +47,22 @@ class ServingSettings(BaseSettings):
         1,
         ge=1,
         le=64,
-        description="Threads that run predict() off the event loop (batches in flight).",
+        description="Batches that may run predict() at once (executor threads).",
+    )
+    preprocess_workers: int = Field(
+        0, ge=0, le=64, description="Threads decoding and preprocessing requests; 0 = cores."
+    )
+    max_batch_size: int = Field(
+        32, ge=1, le=1024, description="Largest dynamic batch; 1 turns batching off."
+    )
+    max_delay_ms: float = Field(
+        2.0, ge=0, le=1000, description="How long a batch waits for more requests after its first."
+    )
+    max_queue: int = Field(
+        256, ge=1, le=100_000, description="Requests that may wait for a batch; beyond: 503."
+    )
+    request_timeout_s: float = Field(
+        10.0, gt=0, le=3600, description="Deadline of a request; expired before inference: 504."
     )
     max_body_bytes: int = Field(
         8 * 1024 * 1024, ge=1024, description="Largest accepted request body; larger is a 413."
