@@ -124,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         "MLFLOW_TRACKING_URI": tracking,
         "PYTHONUNBUFFERED": "1",
         "MODEL_CACHE_DIR": str(STATE / "cache"),
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
     }
     stack = Stack()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))

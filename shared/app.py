@@ -81,6 +81,10 @@ def create_app(
     _add_docs(app)
     _add_health(app, runtime, metrics)
     app.include_router(service.router)  # type: ignore[attr-defined]
+    if service.supports_tensors:  # type: ignore[attr-defined]
+        from shared.protocol_v2 import build_router
+
+        app.include_router(build_router())
     return app
 
 

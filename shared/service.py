@@ -18,10 +18,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, TypeVar
 
+import numpy as np
 from fastapi import APIRouter
 
 from shared.batching import BatchConfig, Batcher
-from shared.bundle import Bundle
+from shared.bundle import Bundle, TensorSpec
 from shared.errors import ModelNotReadyError
 from shared.metrics import Metrics
 from shared.registry import FetchedModel, configure_client, fetch
@@ -53,6 +54,22 @@ class ModelService(ABC, Generic[RequestT, ItemT, OutputT, ResponseT]):
     def describe(self) -> dict[str, Any]:
         """Extra facts for GET /v1/model (input spec, labels, threads...)."""
         return {}
+
+    # Tensor models also speak the Open Inference Protocol v2: rows of the V2 input tensors
+    # become items for the same batcher, and outputs are stacked back into tensors.
+    supports_tensors: ClassVar[bool] = False
+
+    def tensor_specs(self) -> tuple[list[TensorSpec], list[TensorSpec]]:
+        """The model's input and output tensor specs (tensor models only)."""
+        raise NotImplementedError(f"{type(self).__name__} is not a tensor model")
+
+    def tensor_items(self, inputs: dict[str, np.ndarray]) -> list[ItemT]:
+        """Split checked V2 input tensors into batch items (tensor models only)."""
+        raise NotImplementedError(f"{type(self).__name__} is not a tensor model")
+
+    def tensor_outputs(self, outputs: list[OutputT]) -> dict[str, np.ndarray]:
+        """Stack predict outputs back into named output tensors (tensor models only)."""
+        raise NotImplementedError(f"{type(self).__name__} is not a tensor model")
 
     @abstractmethod
     def preprocess(self, request: RequestT) -> ItemT:

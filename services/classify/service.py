@@ -16,7 +16,7 @@ from services.classify.schemas import (
     Prediction,
 )
 from shared.app import RuntimeDep
-from shared.bundle import Bundle
+from shared.bundle import Bundle, TensorSpec
 from shared.errors import InvalidInputError, InvalidParameterError, UnsupportedMediaTypeError
 from shared.media import IMAGE_MEDIA_TYPES, ImageSpec, decode_base64, decode_image, image_to_array
 from shared.onnx import OnnxModel
@@ -62,15 +62,27 @@ class ClassifyService(ModelService[ClassifyRequest, np.ndarray, np.ndarray, dict
         return image_to_array(decode_image(request.image, self.max_pixels), self.spec)
 
     def predict(self, items: list[np.ndarray]) -> list[np.ndarray]:
-        logits = self.model.run({self.input_name: np.stack(items)})[0]
-        shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-        return list(shifted / shifted.sum(axis=1, keepdims=True))
+        """Logits, one row per item."""
+        return list(self.model.run({self.input_name: np.stack(items)})[0])
 
     def postprocess(self, output: np.ndarray, request: ClassifyRequest) -> dict[str, Any]:
-        order = np.argsort(-output, kind="stable")[: request.top_k]
+        shifted = np.exp(output - output.max())
+        scores = shifted / shifted.sum()
+        order = np.argsort(-scores, kind="stable")[: request.top_k]
         return {
-            "predictions": [{"label": self.labels[i], "score": float(output[i])} for i in order]
+            "predictions": [{"label": self.labels[i], "score": float(scores[i])} for i in order]
         }
+
+    supports_tensors = True
+
+    def tensor_specs(self) -> tuple[list[TensorSpec], list[TensorSpec]]:
+        return self.model.inputs, self.model.outputs
+
+    def tensor_items(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return list(inputs[self.input_name])
+
+    def tensor_outputs(self, outputs: list[np.ndarray]) -> dict[str, np.ndarray]:
+        return {self.model.outputs[0].name: np.stack(outputs)}
 
 
 _IMAGE_BODY = {"type": "string", "format": "binary"}

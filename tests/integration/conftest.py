@@ -30,6 +30,8 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         "1",
     ]
     uri = f"http://127.0.0.1:{port}"
-    with running(cmd, root / "mlflow.log") as proc:
+    # The GenAI job runner (a swarm of huey workers) is not needed for tracking + registry.
+    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    with running(cmd, root / "mlflow.log", env) as proc:
         wait_http(f"{uri}/health", proc, root / "mlflow.log", timeout_s=120)
         yield uri
