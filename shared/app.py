@@ -14,9 +14,10 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from shared.errors import ModelNotReadyError, install_error_handlers
+from shared.errors import ModelNotReadyError
 from shared.metrics import Metrics
 from shared.middleware import ServingMiddleware
+from shared.problem import install_error_handlers
 from shared.service import ModelRuntime, ModelService
 from shared.settings import ServingSettings, available_cores
 

@@ -1,18 +1,9 @@
-"""Errors that carry their HTTP status, and the one handler that renders them as problem+json."""
+"""Errors that carry their HTTP status (no web framework imported: training uses them too).
+
+`shared.problem` renders every one of them as application/problem+json.
+"""
 
 from __future__ import annotations
-
-import logging
-from typing import Any
-
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
-
-log = logging.getLogger("modelplane.errors")
-
-PROBLEM_JSON = "application/problem+json"
 
 
 class BundleError(Exception):
@@ -72,95 +63,3 @@ class DeadlineExceededError(ServingError):
 
 class InferenceError(ServingError):
     status, code, title = 500, "inference_failed", "Internal Server Error"
-
-
-def problem(
-    status: int,
-    title: str,
-    detail: str,
-    code: str,
-    request: Request,
-    headers: dict[str, str] | None = None,
-    extra: dict[str, Any] | None = None,
-) -> JSONResponse:
-    """An RFC 9457 problem response carrying the request id."""
-    body: dict[str, Any] = {
-        "type": "about:blank",
-        "title": title,
-        "status": status,
-        "detail": detail,
-        "code": code,
-        "instance": request.url.path,
-        "request_id": getattr(request.state, "request_id", None),
-    }
-    if extra:
-        body.update(extra)
-    return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_JSON)
-
-
-def _validation_detail(exc: RequestValidationError) -> tuple[str, list[dict[str, Any]]]:
-    errors = []
-    for err in exc.errors():
-        loc = ".".join(str(part) for part in err.get("loc", ()))
-        errors.append({"loc": loc, "msg": str(err.get("msg", "invalid"))})
-    summary = "; ".join(f"{e['loc']}: {e['msg']}" for e in errors) or "invalid request"
-    return summary, errors
-
-
-def install_error_handlers(app: FastAPI) -> None:
-    """Render every error as problem+json; 5xx bodies reveal nothing internal."""
-
-    async def on_serving_error(request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, ServingError)
-        detail = exc.detail
-        if exc.status >= 500 and not isinstance(exc, ModelNotReadyError | OverloadedError):
-            log.error(
-                "request failed: %s",
-                exc.detail,
-                extra={"request_id": getattr(request.state, "request_id", None)},
-                exc_info=exc,
-            )
-            detail = "the server failed to handle this request; see the log for its request id"
-        return problem(exc.status, exc.title, detail, exc.code, request, exc.headers)
-
-    async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, RequestValidationError)
-        summary, errors = _validation_detail(exc)
-        return problem(
-            422,
-            "Unprocessable Content",
-            summary,
-            "validation_error",
-            request,
-            extra={"errors": errors},
-        )
-
-    async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, StarletteHTTPException)
-        return problem(
-            exc.status_code,
-            str(exc.detail),
-            str(exc.detail),
-            "http_error",
-            request,
-            headers=dict(exc.headers or {}),
-        )
-
-    async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.error(
-            "unhandled error",
-            extra={"request_id": getattr(request.state, "request_id", None)},
-            exc_info=exc,
-        )
-        return problem(
-            500,
-            "Internal Server Error",
-            "the server failed to handle this request; see the log for its request id",
-            "internal_error",
-            request,
-        )
-
-    app.add_exception_handler(ServingError, on_serving_error)
-    app.add_exception_handler(RequestValidationError, on_validation_error)
-    app.add_exception_handler(StarletteHTTPException, on_http_error)
-    app.add_exception_handler(Exception, on_unexpected)

@@ -43,7 +43,6 @@ class ImageSpec:
             "channels": self.channels,
             "mean": list(self.mean),
             "std": list(self.std),
-            "color": "grayscale, white strokes on black",
             "resize": "bilinear",
             "scale": "1/255",
         }
