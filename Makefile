@@ -7,7 +7,8 @@ STAMP := $(VENV)/.installed
 EXTRAS ?= serve,train,dev
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help setup test lint format demo mlflow serve-classify train-classify export-classify clean
+.PHONY: help setup test lint format demo mlflow serve-classify train-classify export-classify \
+	bench-serve clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -49,6 +50,11 @@ export-classify: setup  ## export classify-torch@candidate to classify@productio
 
 serve-classify: setup  ## serve models:/classify@production on 127.0.0.1:8001
 	$(PY) -m services.classify --port 8001
+
+bench-serve: setup  ## classify over HTTP (wrk) vs raw onnxruntime; needs a served bundle (make demo)
+	@command -v wrk >/dev/null || { echo "==> installing wrk (Debian package)"; \
+	  $$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get install -y wrk; }
+	$(PY) -m loadtests.bench_serve $(ARGS)
 
 clean:  ## remove run outputs (MLflow store, caches); keeps .venv
 	rm -rf .modelplane .pytest_cache .ruff_cache

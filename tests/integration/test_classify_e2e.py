@@ -208,3 +208,36 @@ def test_tampered_cached_artifact_is_refused(exported: Exported) -> None:
     assert "discarding corrupt cached bundle" in again.log.read_text()
     refreshed.close()
     shutil.rmtree(first.cache)
+
+
+def test_open_inference_protocol_v2_with_tritonclient(service: Served) -> None:
+    """A standard V2 client (tritonclient) against the real service: JSON and binary tensors."""
+    import tritonclient.http as triton
+
+    from shared.bundle import open_bundle
+    from shared.onnx import OnnxModel
+
+    info = httpx.get(f"{service.url}/v1/model", timeout=10).json()
+    bundle = open_bundle(service.cache / "classify" / info["version"])
+    shape = [4, *bundle.inputs[0].shape[1:]]
+    x = np.random.default_rng(0).normal(size=shape).astype(np.float32)
+    expected = OnnxModel.from_bundle(bundle, info["variant"], 1).run({"input": x})[0]
+
+    client = triton.InferenceServerClient(url=service.url.removeprefix("http://"))
+    try:
+        assert client.is_server_live() and client.is_server_ready()
+        assert client.is_model_ready("classify")
+        metadata = client.get_model_metadata("classify")
+        assert metadata["inputs"][0]["datatype"] == "FP32"
+        for binary in (False, True):
+            tensor = triton.InferInput("input", shape, "FP32")
+            tensor.set_data_from_numpy(x, binary_data=binary)
+            wanted = triton.InferRequestedOutput("logits", binary_data=binary)
+            result = client.infer("classify", [tensor], outputs=[wanted])
+            np.testing.assert_allclose(result.as_numpy("logits"), expected, atol=1e-4)
+        wrong = triton.InferInput("input", [1, 3, 5, 5], "FP32")
+        wrong.set_data_from_numpy(np.zeros((1, 3, 5, 5), dtype=np.float32))
+        with pytest.raises(Exception, match="shape"):
+            client.infer("classify", [wrong])
+    finally:
+        client.close()

@@ -224,3 +224,55 @@ def test_docs_are_served_without_a_cdn(client: TestClient) -> None:
     script = client.get("/docs/static/swagger-ui-bundle.js")
     assert script.status_code == 200 and len(script.content) > 100_000
     assert "/v1/classify" in client.get("/openapi.json").json()["paths"]
+
+
+def test_batched_and_unbatched_responses_are_identical(settings: ServingSettings) -> None:
+    """The same images give byte-identical answers whether they were batched or not."""
+    import asyncio
+
+    import httpx
+
+    rng = np.random.default_rng(11)
+    images = [png_bytes(rng.integers(0, 256, size=(8, 8))) for _ in range(24)]
+
+    async def classify_all(app_settings: ServingSettings) -> tuple[list[dict], float]:
+        app = create_app(ClassifyService, app_settings, load=False)
+        runtime = app.state.runtime
+        runtime.activate(runtime.load_once())
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+            responses = await asyncio.gather(
+                *(
+                    http.post(
+                        "/v1/classify?top_k=10",
+                        content=image,
+                        headers={"content-type": "image/png"},
+                    )
+                    for image in images
+                )
+            )
+            metrics = (await http.get("/metrics")).text
+        await runtime.aclose()
+        assert all(r.status_code == 200 for r in responses)
+        batches = next(
+            float(line.split()[-1])
+            for line in metrics.splitlines()
+            if line.startswith("modelplane_batch_size_count")
+        )
+        return [r.json() for r in responses], batches
+
+    unbatched, calls_off = asyncio.run(
+        classify_all(settings.model_copy(update={"max_batch_size": 1}))
+    )
+    batched, calls_on = asyncio.run(
+        classify_all(settings.model_copy(update={"max_batch_size": 16, "max_delay_ms": 50}))
+    )
+    assert calls_off == len(images) and calls_on < len(images)  # batching really happened
+    for one, many in zip(unbatched, batched, strict=True):
+        assert [p["label"] for p in one["predictions"]] == [p["label"] for p in many["predictions"]]
+        np.testing.assert_allclose(
+            [p["score"] for p in one["predictions"]],
+            [p["score"] for p in many["predictions"]],
+            rtol=1e-5,
+            atol=1e-7,
+        )

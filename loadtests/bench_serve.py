@@ -1,0 +1,262 @@
+"""`make bench-serve`: the classify service over HTTP against raw onnxruntime, on this machine.
+
+In one run: (1) raw onnxruntime in-process at batch 1 and batch 32 with the service's thread
+settings (the ceiling); (2) the running service over loopback HTTP at concurrency 1, 8 and 32,
+driven by wrk (C, one thread, a Lua script POSTing a real digit PNG), for each variant asked
+for, with dynamic batching on and off; (3) resident memory after warm-up and after load, and
+cold start from a cached bundle to ready. Prints one table. Needs `wrk` (Debian package) and
+the bundle in the registry or the local cache (`make demo` or `make mlflow` + train + export).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+LUA = """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "image/png"
+local f = assert(io.open(os.getenv("BENCH_BODY"), "rb"))
+wrk.body = f:read("*a")
+f:close()
+"""
+
+
+@dataclass
+class Row:
+    label: str
+    concurrency: int | str
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    errors: int = 0
+
+
+def raw_ort(bundle_path: Path, variant: str, threads: int, seconds: float) -> list[Row]:
+    """In-process onnxruntime: batch-1 latency and batch-32 throughput (images/s)."""
+    from shared.bundle import open_bundle
+    from shared.onnx import OnnxModel
+
+    bundle = open_bundle(bundle_path)
+    model = OnnxModel.from_bundle(bundle, variant, threads)
+    sample = bundle.load_array(bundle.manifest["sample_inputs"])
+    rows = []
+    for batch in (1, 32):
+        x = np.ascontiguousarray(np.resize(sample, (batch, *sample.shape[1:])))
+        for _ in range(5):
+            model.run({"input": x})
+        times = []
+        deadline = time.perf_counter() + seconds
+        while time.perf_counter() < deadline:
+            started = time.perf_counter()
+            model.run({"input": x})
+            times.append(time.perf_counter() - started)
+        rows.append(
+            Row(
+                f"raw ORT {variant} batch {batch}",
+                "-",
+                batch / float(np.mean(times)),
+                float(np.percentile(times, 50)) * 1000,
+                float(np.percentile(times, 99)) * 1000,
+            )
+        )
+    return rows
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def parse_wrk(output: str) -> tuple[float, float, float, int]:
+    def ms(text: str) -> float:
+        value, unit = re.match(r"([\d.]+)(us|ms|s)", text).groups()  # type: ignore[union-attr]
+        return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
+    p50 = ms(re.search(r"\s50%\s+(\S+)", output).group(1))  # type: ignore[union-attr]
+    p99 = ms(re.search(r"\s99%\s+(\S+)", output).group(1))  # type: ignore[union-attr]
+    errors = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
+    socket_errors = re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output
+    )
+    total = int(errors.group(1)) if errors else 0
+    if socket_errors:
+        total += sum(int(g) for g in socket_errors.groups())
+    return rps, p50, p99, total
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def bench_service(
+    label: str, env: dict[str, str], body: Path, levels: list[int], seconds: float, log_dir: Path
+) -> tuple[list[Row], dict[str, float]]:
+    """Start the service, measure cold start and RSS, drive it with wrk at each concurrency."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = log_dir / f"{label.replace(' ', '_')}.log"
+    with log.open("wb") as out:
+        started = time.perf_counter()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "services.classify", "--port", str(port)],
+            cwd=ROOT,
+            env={**os.environ, **env},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        while True:
+            if proc.poll() is not None:
+                raise SystemExit(f"{label}: service exited; see {log}")
+            try:
+                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.02)
+        facts = {"cold_start_s": time.perf_counter() - started}
+        for _ in range(50):
+            httpx.post(
+                f"{url}/v1/classify",
+                content=body.read_bytes(),
+                headers={"content-type": "image/png"},
+            )
+        facts["rss_warm_mb"] = rss_mb(proc.pid)
+        script = log_dir / "post.lua"
+        script.write_text(LUA)
+        rows = []
+        for concurrency in levels:
+            result = subprocess.run(
+                [
+                    "wrk",
+                    "-t1",
+                    f"-c{concurrency}",
+                    f"-d{seconds:.0f}s",
+                    "--latency",
+                    "-s",
+                    str(script),
+                    f"{url}/v1/classify",
+                ],
+                capture_output=True,
+                text=True,
+                env={**os.environ, "BENCH_BODY": str(body)},
+                check=True,
+            )
+            rps, p50, p99, errors = parse_wrk(result.stdout)
+            rows.append(Row(label, concurrency, rps, p50, p99, errors))
+        facts["rss_loaded_mb"] = rss_mb(proc.pid)
+        return rows, facts
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait(timeout=15)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="make bench-serve", description=__doc__.split("\n")[0])
+    parser.add_argument("--model-uri", default="models:/classify@production")
+    parser.add_argument(
+        "--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    )
+    parser.add_argument("--cache-dir", type=Path, default=Path(".modelplane/cache"))
+    parser.add_argument(
+        "--variants", default="", help="comma list; default: fp32 + the bundle default"
+    )
+    parser.add_argument("--concurrency", default="1,8,32")
+    parser.add_argument("--seconds", type=float, default=10)
+    args = parser.parse_args(argv)
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is not installed: apt-get install wrk (make bench-serve does it)")
+    from shared.registry import configure_client, fetch
+    from shared.settings import available_cores
+
+    configure_client(args.tracking_uri)
+    fetched = fetch(args.model_uri, args.cache_dir)
+    bundle = fetched.bundle
+    variants = [v for v in args.variants.split(",") if v] or sorted(
+        {"fp32", bundle.default_variant}
+    )
+    levels = [int(c) for c in args.concurrency.split(",")]
+    threads = available_cores()
+    print(
+        f"{args.model_uri} -> version {fetched.version}; variants {variants}; {threads} cores; "
+        f"wrk 1 thread, {args.seconds:.0f}s per level",
+        flush=True,
+    )
+    from shared.media import encode_png, gray_to_image
+    from training.data import load_splits
+
+    rows: list[Row] = []
+    facts: dict[str, dict[str, float]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        body = Path(tmp) / "digit.png"
+        body.write_bytes(encode_png(gray_to_image(load_splits()["test"].images[0])))
+        for variant in variants:
+            rows += raw_ort(bundle.path, variant, threads, min(args.seconds, 5))
+            for batching, max_batch in (("batching on", "32"), ("batching off", "1")):
+                label = f"service {variant} {batching}"
+                print(f"  measuring {label} ...", flush=True)
+                env = {
+                    "MLFLOW_TRACKING_URI": args.tracking_uri,
+                    "MODEL_URI": args.model_uri,
+                    "MODEL_VARIANT": variant,
+                    "MODEL_CACHE_DIR": str(args.cache_dir),
+                    "MAX_BATCH_SIZE": max_batch,
+                    "LOG_LEVEL": "WARNING",
+                }
+                measured, facts[label] = bench_service(
+                    label, env, body, levels, args.seconds, Path(tmp)
+                )
+                rows += measured
+    print_table(rows, facts)
+    return 0
+
+
+def print_table(rows: list[Row], facts: dict[str, dict[str, float]]) -> None:
+    ceiling = {
+        r.label.split(" batch")[0].replace("raw ORT ", ""): r.rps
+        for r in rows
+        if r.label.startswith("raw ORT") and r.label.endswith("batch 32")
+    }
+    print(
+        f"\n| {'what':<34} | conc | {'req/s':>8} | {'p50 ms':>7} | {'p99 ms':>7} | errors "
+        f"| vs raw b32 |"
+    )
+    print(f"|{'-' * 36}|------|{'-' * 10}|{'-' * 9}|{'-' * 9}|--------|------------|")
+    for r in rows:
+        variant = r.label.split()[1] if r.label.startswith("service") else ""
+        ratio = f"{r.rps / ceiling[variant]:.0%}" if variant in ceiling else ""
+        print(
+            f"| {r.label:<34} | {r.concurrency!s:>4} | {r.rps:>8.1f} | {r.p50_ms:>7.2f} | "
+            f"{r.p99_ms:>7.2f} | {r.errors:>6} | {ratio:>10} |"
+        )
+    print()
+    for label, values in facts.items():
+        print(
+            f"{label}: cold start {values['cold_start_s']:.2f}s (cached bundle -> ready), "
+            f"RSS {values['rss_warm_mb']:.0f} MB warm, {values['rss_loaded_mb']:.0f} MB after load"
+        )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
