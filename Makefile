@@ -4,11 +4,11 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-EXTRAS ?= serve,train,dev
+EXTRAS ?= serve,train,generate,dev
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: help setup test lint format demo mlflow serve-classify train-classify export-classify \
-	bench-serve clean
+	serve-generate train-generate export-generate bench-serve clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -50,6 +50,15 @@ export-classify: setup  ## export classify-torch@candidate to classify@productio
 
 serve-classify: setup  ## serve models:/classify@production on 127.0.0.1:8001
 	$(PY) -m services.classify --port 8001
+
+train-generate: setup  ## train the digits diffusion model, register generate-torch@candidate
+	$(PY) -m training.generate $(ARGS)
+
+export-generate: setup  ## export generate-torch@candidate to generate@production
+	$(PY) -m training.export_generate $(ARGS)
+
+serve-generate: setup  ## serve models:/generate@production on 127.0.0.1:8004
+	$(PY) -m services.generate --port 8004
 
 bench-serve: setup  ## classify over HTTP (wrk) vs raw onnxruntime; needs a served bundle (make demo)
 	@command -v wrk >/dev/null || { echo "==> installing wrk (Debian package)"; \
