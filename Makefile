@@ -8,7 +8,7 @@ EXTRAS ?= serve,train,generate,dev
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: help setup test lint format demo mlflow serve-classify train-classify export-classify \
-	serve-generate train-generate export-generate bench-serve clean
+	serve-generate train-generate export-generate bench-serve bench-export clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -47,6 +47,9 @@ train-classify: setup  ## train and register classify-torch@candidate (needs `ma
 
 export-classify: setup  ## export classify-torch@candidate to classify@production
 	$(PY) -m training.export classify $(ARGS)
+
+bench-export: setup  ## export the default classify model, print its trade-off table (needs `make mlflow`)
+	$(PY) -m training.export.bench $(ARGS)
 
 serve-classify: setup  ## serve models:/classify@production on 127.0.0.1:8001
 	$(PY) -m services.classify --port 8001

@@ -39,6 +39,11 @@ def exported(mlflow_server: str, tmp_path_factory: pytest.TempPathFactory) -> Ex
         "classify",
         "--cache-dir",
         str(workdir / "export-cache"),
+        # fp32 only (the default then): every variant is covered by test_export.py
+        "--variants",
+        "fp32",
+        "--skip-study",
+        "--quick",
         env=env,
         log=workdir / "export.log",
     )

@@ -1,181 +1,211 @@
-"""python -m training.export <task>: registered PyTorch model → verified ONNX bundle → registry.
+"""python -m training.export <task>: registered PyTorch model → gated bundle of ONNX variants.
 
-Reads models:/<task>-torch@candidate, exports ONNX, checks parity against PyTorch on held-out
-data, writes the bundle (manifest with checksums, specs, preprocessing, labels, smoke-test
-arrays), registers it as a new version of <task> tagged with its source, and moves the alias
-`production` only when every gate passes. A failed gate exits non-zero and moves nothing.
+Reads models:/<task>-torch@candidate and builds the variants (fp32 with onnxruntime's offline
+optimization, int8 dynamic, int8 static QDQ, int8 QAT, structurally pruned, pruned int8) plus
+an unstructured-sparsity study; measures each on the held-out digits; writes report.md and
+tradeoffs.png; bundles the variants that pass the gates (accuracy drop, fp32 parity) with
+checksums and smoke-test arrays; and registers the bundle as a new version of <task>, moving
+`production` only when the bundle verifies. A failed gate registers nothing, moves nothing,
+and exits 1 with the reason.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import shutil
+import platform
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
 
-import numpy as np
-
-from shared.bundle import write_manifest
-from shared.registry import FetchedModel, configure_client, fetch, register
-from training.export.onnx import (
-    PARITY_ATOL,
-    export_onnx,
-    latency_ms,
-    onnx_logits,
-    parity,
-    torch_logits,
-)
+from shared.errors import BundleError, RegistryError
+from shared.registry import configure_client, fetch, register
+from training.export.evaluate import Timing
+from training.export.finetune import FineTune
+from training.export.gates import Gates
+from training.export.stage import VARIANTS, Options
 
 TASKS = ("classify",)
-SMOKE_SAMPLES = 8
+QUICK = {
+    "recovery_epochs": 1,
+    "qat_epochs": 1,
+    "calibration_size": 64,
+    "train_limit": 300,
+    "study_sparsities": (0.5,),
+    "latency_runs": 30,
+    "throughput_runs": 5,
+}
+FULL = {
+    "recovery_epochs": 5,
+    "qat_epochs": 2,
+    "calibration_size": 256,
+    "train_limit": None,
+    "study_sparsities": (0.5, 0.7, 0.9),
+    "latency_runs": 200,
+    "throughput_runs": 20,
+}
+
+
+def names(text: str) -> tuple[str, ...]:
+    """`a,b` → ("a", "b") (argparse type)."""
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def fractions(text: str) -> tuple[float, ...]:
+    """`0.5,0.7` → (0.5, 0.7), each in (0, 1) and increasing (argparse type)."""
+    try:
+        values = tuple(float(part) for part in names(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from exc
+    if any(not 0 < v < 1 for v in values) or list(values) != sorted(set(values)):
+        raise argparse.ArgumentTypeError(f"{text!r}: need increasing fractions in (0, 1)")
+    return values
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m training.export", description=__doc__.split("\n")[0]
+    p = argparse.ArgumentParser(
+        prog="python -m training.export",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("task", choices=TASKS)
-    parser.add_argument(
-        "--source", help="registered torch model (default models:/<task>-torch@candidate)"
+    add = p.add_argument
+    add("task", choices=TASKS)
+    add("--source", help="registered torch model (default models:/<task>-torch@candidate)")
+    add("--name", help="registered bundle name (default: the task)")
+    add("--alias", default="production", help="alias moved when every gate passes")
+    add("--variants", type=names, default=VARIANTS, help=f"default {','.join(VARIANTS)}")
+    add("--require", type=names, default=("fp32",), help="variants that must pass to promote")
+    add("--max-accuracy-drop", type=float, default=1.0, help="points of top-1 vs PyTorch")
+    add("--opset", type=int, default=18)
+    add("--threads", type=int, default=0, help="onnxruntime threads to measure (0 = all cores)")
+    add("--calibration-size", type=int, help="training images to calibrate on (256; quick 64)")
+    add("--calibration-method", choices=("minmax", "entropy", "percentile"), default="minmax")
+    add(
+        "--float-stem",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="keep the input convolution float in int8 variants (accuracy for ~15%% speed)",
     )
-    parser.add_argument("--name", help="registered bundle name (default: the task)")
-    parser.add_argument("--alias", default="production", help="alias moved when every gate passes")
-    parser.add_argument("--opset", type=int, default=18)
-    parser.add_argument(
-        "--threads", type=int, default=0, help="onnxruntime threads for latency (0 = all cores)"
+    add("--prune-ratio", type=float, default=0.5, help="share of channels structured pruning cuts")
+    add("--recovery-epochs", type=int, help="fine-tuning after pruning (5; quick 1)")
+    add("--qat-epochs", type=int, help="quantization-aware fine-tuning (2; quick 1)")
+    add("--study-sparsities", type=fractions, help="unstructured study (0.5,0.7,0.9; quick 0.5)")
+    add("--skip-study", action="store_true", help="no unstructured sparsity study")
+    add("--train-limit", type=int, help="training images for fine-tuning (all; quick 300)")
+    add("--latency-runs", type=int, help="timed batch-1 runs per variant (200; quick 30)")
+    add("--throughput-runs", type=int, help="timed batch-32 runs per variant (20; quick 5)")
+    add("--seed", type=int, default=0)
+    add("--quick", action="store_true", help="small knobs for tests and smoke runs")
+    add("--cache-dir", type=Path, default=Path(".modelplane/export-cache"))
+    add(
+        "--checkpoint-dir",
+        type=Path,
+        default=Path(".modelplane/export-checkpoints"),
+        help="fine-tuning checkpoints; an interrupted export resumes from them",
     )
-    parser.add_argument("--cache-dir", type=Path, default=Path(".modelplane/export-cache"))
-    parser.add_argument(
-        "--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
-    )
-    return parser.parse_args(argv)
+    add("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000"))
+    args = p.parse_args(argv)
+    for key, value in (QUICK if args.quick else FULL).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    unknown = set(args.variants) - set(VARIANTS)
+    if unknown:
+        p.error(f"unknown variant(s) {sorted(unknown)}; known: {', '.join(VARIANTS)}")
+    args.variants = tuple(v for v in VARIANTS if v in {"fp32", *args.variants})
+    if args.skip_study:
+        args.study_sparsities = ()
+    if not 0 < args.prune_ratio < 1:
+        p.error("--prune-ratio must be in (0, 1)")
+    return args
 
 
 def say(message: str) -> None:
     print(f"[export] {message}", flush=True)
 
 
-def build_bundle(
-    fetched: FetchedModel, name: str, out: Path, threads: int, opset: int
-) -> dict[str, Any]:
-    """Export, evaluate and write the bundle `name` into `out`; returns the export's figures."""
-    import torch
-
-    from shared.media import ImageSpec
-    from shared.onnx import OnnxModel
-    from shared.settings import available_cores
-    from training.data import load_test_set
-    from training.models.classify import load_torch_bundle
-
-    torch.set_num_threads(available_cores())
-    source = fetched.bundle
-    spec = ImageSpec.from_manifest(source.preprocessing)
-    model = load_torch_bundle(source)
-    test = load_test_set(spec, source.preprocessing.get("classes"))
-    say(f"exporting ONNX (opset {opset}) of {source.name}, {len(test.inputs)} held-out images")
-    export_onnx(model, torch.from_numpy(test.inputs[:2]), out / "model.onnx", opset)
-    reference = torch_logits(model, test.inputs)
-    inputs, outputs = source.inputs, source.outputs
-    session = OnnxModel(out / "model.onnx", inputs, outputs, threads or available_cores())
-    candidate = onnx_logits(session, test.inputs)
-    check = parity(reference, candidate)
-    accuracy = float(np.mean(candidate.argmax(1) == test.labels))
-    latency = latency_ms(session, test.inputs[:1])
-    say(
-        f"parity: max abs diff {check.max_abs_diff:.2e} (gate {PARITY_ATOL:.0e}), "
-        f"top-1 agreement {check.top1_agreement:.2%}; accuracy {accuracy:.2%}; "
-        f"batch-1 latency p50 {latency['p50']:.2f} ms"
+def options(args: argparse.Namespace, checkpoints: Path, threads: int) -> Options:
+    """The stage's options from the command line."""
+    return Options(
+        variants=args.variants,
+        opset=args.opset,
+        threads=threads,
+        timing=Timing(args.latency_runs, args.throughput_runs),
+        calibration_method=args.calibration_method,
+        float_stem=args.float_stem,
+        calibration_size=args.calibration_size,
+        train_limit=args.train_limit,
+        prune_ratio=args.prune_ratio,
+        recovery=FineTune(args.recovery_epochs, lr=1e-3, seed=args.seed),
+        qat=FineTune(args.qat_epochs, lr=1e-4, seed=args.seed),
+        study=FineTune(1, lr=1e-4, seed=args.seed),
+        study_sparsities=args.study_sparsities,
+        checkpoint_dir=checkpoints,
     )
-    shutil.copyfile(source.file(source.manifest["torch_weights"]), out / "weights.safetensors")
-    sample = test.inputs[:SMOKE_SAMPLES]
-    np.save(out / "sample_inputs.npy", sample)
-    np.save(out / "expected_outputs.fp32.npy", session.run({"input": sample})[0])
-    figures = {
-        "accuracy": accuracy,
-        "parity_max_abs_diff": check.max_abs_diff,
-        "parity_top1_agreement": check.top1_agreement,
-        "parity_samples": check.samples,
-        "latency_ms_p50": latency["p50"],
-        "latency_ms_p99": latency["p99"],
-    }
-    write_manifest(
-        out,
-        {
-            "task": source.task,
-            "name": name,
-            "source": {"model": fetched.name, "version": fetched.version, "run_id": fetched.run_id},
-            "default_variant": "fp32",
-            "variants": {
-                "fp32": {
-                    "file": "model.onnx",
-                    "expected_outputs": "expected_outputs.fp32.npy",
-                    "opset": opset,
-                    **figures,
-                }
-            },
-            "sample_inputs": "sample_inputs.npy",
-            "inputs": [s.to_dict() for s in inputs],
-            "outputs": [s.to_dict() for s in outputs],
-            "preprocessing": source.preprocessing,
-            "labels": source.labels,
-            "architecture": source.manifest["architecture"],
-            "torch_weights": "weights.safetensors",
-        },
-    )
-    return {**figures, "parity_holds": check.holds}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     import mlflow
 
+    from shared.settings import available_cores
+    from training.export.run import Export
+
     configure_client(args.tracking_uri, timeout_s=30, max_retries=3)
     source_uri = args.source or f"models:/{args.task}-torch@candidate"
     name = args.name or args.task
     say(f"fetching {source_uri} from {args.tracking_uri}")
-    fetched = fetch(source_uri, args.cache_dir)
+    try:
+        fetched = fetch(source_uri, args.cache_dir)
+    except (RegistryError, BundleError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    threads = args.threads or available_cores()
+    checkpoints = args.checkpoint_dir / f"{fetched.name}-v{fetched.version}"
+    gates = Gates(max_accuracy_drop=args.max_accuracy_drop, required=args.require)
     mlflow.set_experiment(f"export-{args.task}")
     with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_name=f"export {name}") as run:
-        out = Path(tmp) / "bundle"
-        out.mkdir()
-        figures = build_bundle(fetched, name, out, args.threads, args.opset)
         mlflow.log_params(
-            {
-                "task": args.task,
-                "source": source_uri,
-                "source_version": fetched.version,
-                "opset": args.opset,
-            }
+            {k: str(v) for k, v in vars(args).items() if k not in {"tracking_uri", "cache_dir"}}
+            | {"source_version": fetched.version, "threads_used": threads}
         )
-        mlflow.log_metrics({k: float(v) for k, v in figures.items()})
         mlflow.set_tags(
             {"modelplane.source_model": fetched.name, "modelplane.source_version": fetched.version}
         )
-        holds = bool(figures["parity_holds"])
+        export = Export(fetched, name, options(args, checkpoints, threads), gates, Path(tmp), say)
+        export.context.append(f"machine: {platform.machine()}, {available_cores()} cores")
+        try:
+            blocking = export.run()
+        except BundleError as exc:  # e.g. a source trained on another data split
+            mlflow.set_tag("modelplane.gates", "error")
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        export.log_to_mlflow()
+        if blocking:
+            mlflow.set_tag("modelplane.gates", "failed")
+            print(export.table(), flush=True)
+            say("GATE FAILED: " + "; ".join(blocking))
+            say(f"nothing registered; alias {args.alias!r} of {name} left where it was")
+            return 1
         version = register(
-            out,
+            export.bundle_dir,
             name,
-            alias=args.alias if holds else None,
+            alias=args.alias,
             tags={
                 "source_model": fetched.name,
                 "source_version": fetched.version,
                 "source_run_id": fetched.run_id or "",
                 "export_run_id": run.info.run_id,
-                "gates": "passed" if holds else "failed",
+                "gates": "passed",
+                "default_variant": export.default or "",
+                "variants": ",".join(export.bundled()),
             },
         )
-    if not holds:
-        say(
-            "GATE FAILED: parity does not hold "
-            f"(max abs diff {figures['parity_max_abs_diff']:.2e} > "
-            f"{PARITY_ATOL:.0e} or top-1 disagreement); {name} version {version} registered, "
-            f"alias {args.alias!r} left where it was"
-        )
-        return 1
-    say(f"registered {name} version {version} and moved @{args.alias} to it")
+        mlflow.set_tag("modelplane.gates", "passed")
+    print(export.table(), flush=True)
+    say(
+        f"registered {name} version {version} with variants {', '.join(export.bundled())} "
+        f"(default {export.default}) and moved @{args.alias} to it"
+    )
     return 0
 
 

@@ -1,13 +1,14 @@
-"""Torch → ONNX with a dynamic batch axis, and the parity check against PyTorch."""
+"""Torch → ONNX with a dynamic batch axis, onnxruntime's offline optimization, and parity checks."""
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import onnx
 import torch
+from onnx import numpy_helper
 from torch import nn
 
 from shared.bundle import TensorSpec
@@ -29,8 +30,14 @@ class Parity:
         return self.max_abs_diff <= PARITY_ATOL and self.top1_agreement == 1.0
 
 
-def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, opset: int) -> None:
-    """Export `model` with input `input`, output `logits` and a dynamic batch axis."""
+def export_onnx(
+    model: nn.Module, example: torch.Tensor, path: Path, opset: int, optimize: bool = True
+) -> None:
+    """Export `model` with input `input`, output `logits` and a dynamic batch axis.
+
+    With `optimize=False` the graph keeps one initializer per parameter, named by its
+    state-dict key (onnxruntime's offline optimization folds BatchNorm and constants later).
+    """
     model.eval()
     batch = torch.export.Dim("batch", min=1, max=4096)
     torch.onnx.export(
@@ -43,8 +50,57 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, opset: int)
         opset_version=opset,
         dynamo=True,
         external_data=False,
+        optimize=optimize,
         verbose=False,
     )
+
+
+def simplify(source: Path, target: Path) -> None:
+    """onnxscript's optimizer (what `export(optimize=True)` runs): constants folded, BatchNorm
+    folded into the convolutions, shape arithmetic removed. Quantizers need this clean graph."""
+    import onnxscript.optimizer
+
+    onnx.save(onnxscript.optimizer.optimize(onnx.load(str(source))), str(target))
+
+
+def ort_optimize(source: Path, target: Path) -> str:
+    """Apply onnxruntime's graph optimizations offline and save the result; returns the level.
+
+    EXTENDED, not ALL: ALL adds layout transforms tied to this CPU (NCHWc), which a saved
+    model must not carry to another machine; serving applies them itself at load time.
+    """
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(target)
+    options.intra_op_num_threads = 1
+    ort.InferenceSession(str(source), sess_options=options, providers=["CPUExecutionProvider"])
+    return "extended"
+
+
+def with_weights(source: Path, target: Path, state: dict[str, torch.Tensor]) -> int:
+    """Copy an unoptimized export, replacing initializers by state-dict key; returns how many.
+
+    A model with the same architecture but other weights (the sparsity study) needs no new
+    trace this way; a shape mismatch or an initializer left unreplaced raises.
+    """
+    model = onnx.load(str(source))
+    replaced = 0
+    for init in model.graph.initializer:
+        if init.name in state:
+            array = state[init.name].detach().cpu().numpy()
+            if tuple(array.shape) != tuple(init.dims):
+                raise ValueError(f"{init.name}: shape {array.shape} != exported {list(init.dims)}")
+            init.CopyFrom(numpy_helper.from_array(array.astype(np.float32), init.name))
+            replaced += 1
+    float_params = {k for k, v in state.items() if v.is_floating_point() and v.dim() > 0}
+    names = {init.name for init in model.graph.initializer}
+    if not float_params <= names:
+        missing = sorted(float_params - names)[:5]
+        raise ValueError(f"the export has no initializers for {missing}; was it optimized?")
+    onnx.save(model, str(target))
+    return replaced
 
 
 @torch.no_grad()
@@ -71,18 +127,6 @@ def parity(reference: np.ndarray, candidate: np.ndarray) -> Parity:
         top1_agreement=float(np.mean(reference.argmax(1) == candidate.argmax(1))),
         samples=len(reference),
     )
-
-
-def latency_ms(model: OnnxModel, one: np.ndarray, runs: int = 50) -> dict[str, float]:
-    """p50/p99 of single-input inference after a few warm-up runs."""
-    for _ in range(5):
-        model.run({"input": one})
-    times = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        model.run({"input": one})
-        times.append((time.perf_counter() - started) * 1000)
-    return {"p50": float(np.percentile(times, 50)), "p99": float(np.percentile(times, 99))}
 
 
 def io_specs(
