@@ -58,7 +58,7 @@ train-generate: setup  ## train the digits diffusion model, register generate-to
 	$(PY) -m training.generate $(ARGS)
 
 export-generate: setup  ## export generate-torch@candidate to generate@production
-	$(PY) -m training.export_generate $(ARGS)
+	$(PY) -m training.export generate $(ARGS)
 
 serve-generate: setup  ## serve models:/generate@production on 127.0.0.1:8004
 	$(PY) -m services.generate --port 8004

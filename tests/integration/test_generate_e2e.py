@@ -58,7 +58,8 @@ def stack(mlflow_server: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
     quick = ("--quick", "--threads", "1")
     train_log = run_module("training.generate", *quick, env=env, log=workdir / "train.log")
     export_log = run_module(
-        "training.export_generate",
+        "training.export",
+        "generate",
         "--threads",
         "1",
         "--timing-runs",

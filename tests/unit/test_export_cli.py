@@ -38,3 +38,12 @@ def test_study_sparsities_must_be_increasing_fractions(
     with pytest.raises(SystemExit):
         parse_args(["classify", "--study-sparsities", text])
     assert "--study-sparsities" in capsys.readouterr().err
+
+
+def test_other_tasks_dispatch_to_their_own_exporter(capsys: pytest.CaptureFixture[str]) -> None:
+    from training.export.__main__ import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["generate", "--help"])
+    assert exit_info.value.code == 0
+    assert "usage: python -m training.export generate" in capsys.readouterr().out

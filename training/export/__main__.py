@@ -7,11 +7,15 @@ tradeoffs.png; bundles the variants that pass the gates (accuracy drop, fp32 par
 checksums and smoke-test arrays; and registers the bundle as a new version of <task>, moving
 `production` only when the bundle verifies. A failed gate registers nothing, moves nothing,
 and exits 1 with the reason.
+
+Other tasks have their own exporters, reached through the same command:
+`python -m training.export generate|similarity|text-classify|text-generate [--help]`.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import platform
 import sys
@@ -26,6 +30,13 @@ from training.export.gates import Gates
 from training.export.stage import VARIANTS, Options
 
 TASKS = ("classify",)
+# task → module whose main(argv) exports it (argv without the task name)
+DELEGATED = {
+    "generate": "training.export.generate_cli",
+    "similarity": "training.export.similarity",
+    "text-classify": "training.export.text_classify",
+    "text-generate": "training.export.text_generate",
+}
 QUICK = {
     "recovery_epochs": 1,
     "qat_epochs": 1,
@@ -69,7 +80,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add = p.add_argument
-    add("task", choices=TASKS)
+    add("task", choices=TASKS + tuple(DELEGATED))
     add("--source", help="registered torch model (default models:/<task>-torch@candidate)")
     add("--name", help="registered bundle name (default: the task)")
     add("--alias", default="production", help="alias moved when every gate passes")
@@ -144,6 +155,9 @@ def options(args: argparse.Namespace, checkpoints: Path, threads: int) -> Option
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in DELEGATED:
+        return importlib.import_module(DELEGATED[argv[0]]).main(argv[1:])
     args = parse_args(argv)
     import mlflow
 

@@ -1,7 +1,4 @@
-"""python -m training.export_generate: generate-torch@candidate → the `generate` bundle → registry.
-
-The same as `python -m training.export generate` once that dispatches here.
-"""
+"""python -m training.export generate: generate-torch@candidate → `generate` bundle → registry."""
 
 from __future__ import annotations
 
@@ -14,7 +11,7 @@ from training.export.generate import Options, export_generate
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.export_generate", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m training.export generate", description=__doc__)
     parser.add_argument("--source", default="models:/generate-torch@candidate")
     parser.add_argument("--name", default="generate", help="registered bundle name")
     parser.add_argument("--alias", default="production", help="alias moved when the gates pass")
