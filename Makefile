@@ -4,11 +4,12 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-EXTRAS ?= serve,train,generate,dev
+EXTRAS ?= serve,train,explain,generate,dev
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help setup test lint format demo mlflow serve-classify train-classify export-classify \
-	serve-generate train-generate export-generate bench-serve bench-export clean
+.PHONY: help setup test lint format demo mlflow serve-classify serve-explain train-classify \
+	export-classify serve-generate train-generate export-generate \
+	bench-serve bench-export clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -53,6 +54,9 @@ bench-export: setup  ## export the default classify model, print its trade-off t
 
 serve-classify: setup  ## serve models:/classify@production on 127.0.0.1:8001
 	$(PY) -m services.classify --port 8001
+
+serve-explain: setup  ## explain models:/classify@production (Captum) on 127.0.0.1:8003
+	$(PY) -m services.explain --port 8003
 
 train-generate: setup  ## train the digits diffusion model, register generate-torch@candidate
 	$(PY) -m training.generate $(ARGS)

@@ -6,7 +6,6 @@ from typing import Annotated, Any
 
 import numpy as np
 from fastapi import APIRouter, Query, Request
-from pydantic import ValidationError
 
 from services.classify.schemas import (
     ClassifyJSONRequest,
@@ -20,6 +19,7 @@ from shared.bundle import Bundle, TensorSpec
 from shared.errors import InvalidInputError, InvalidParameterError, UnsupportedMediaTypeError
 from shared.media import IMAGE_MEDIA_TYPES, ImageSpec, decode_base64, decode_image, image_to_array
 from shared.onnx import OnnxModel
+from shared.requests import media_type, parse_json
 from shared.service import ModelService
 from shared.settings import ServingSettings
 
@@ -107,16 +107,13 @@ _OPENAPI_BODY = {
 
 async def _read_request(request: Request, top_k: int | None) -> ClassifyRequest:
     """Accept JSON (base64), multipart (`file`) or a raw PNG/JPEG body."""
-    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if media_type == "application/json":
-        try:
-            body = ClassifyJSONRequest.model_validate_json(await request.body())
-        except ValidationError as exc:
-            raise InvalidParameterError(_summarize(exc)) from exc
+    kind = media_type(request)
+    if kind == "application/json":
+        body = parse_json(await request.body(), ClassifyJSONRequest)
         return ClassifyRequest(decode_base64(body.image), top_k or body.top_k)
-    if media_type in IMAGE_MEDIA_TYPES:
+    if kind in IMAGE_MEDIA_TYPES:
         return ClassifyRequest(await request.body(), top_k or 5)
-    if media_type == "multipart/form-data":
+    if kind == "multipart/form-data":
         async with request.form(max_files=1, max_fields=4) as form:
             upload = form.get("file")
             if upload is None or isinstance(upload, str):
@@ -125,14 +122,8 @@ async def _read_request(request: Request, top_k: int | None) -> ClassifyRequest:
                 )
             return ClassifyRequest(await upload.read(), top_k or 5)
     raise UnsupportedMediaTypeError(
-        f"content type {media_type or '(none)'!r} is not accepted; send application/json, "
+        f"content type {kind or '(none)'!r} is not accepted; send application/json, "
         "multipart/form-data, image/png or image/jpeg"
-    )
-
-
-def _summarize(exc: ValidationError) -> str:
-    return "; ".join(
-        f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}" for err in exc.errors()
     )
 
 

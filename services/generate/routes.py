@@ -12,16 +12,14 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import ValidationError
 
 from services.generate.schemas import GenerateRequest, GenerateResponse
 from shared.app import RuntimeDep
 from shared.errors import (
     InferenceError,
-    InvalidParameterError,
     ServingError,
-    UnsupportedMediaTypeError,
 )
+from shared.requests import json_body, read_json
 from shared.service import LoadedModel, ModelRuntime
 
 router = APIRouter(tags=["generate"])
@@ -35,18 +33,6 @@ class GenerateCall:
     model: dict[str, str]
     progress: Callable[[dict[str, Any]], None] | None = None
     cancelled: threading.Event = field(default_factory=threading.Event)
-
-
-def parse_body(raw: bytes) -> GenerateRequest:
-    """The JSON body as a GenerateRequest; any violated bound is a 422 that names it."""
-    try:
-        return GenerateRequest.model_validate_json(raw)
-    except ValidationError as exc:
-        detail = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}"
-            for err in exc.errors()
-        )
-        raise InvalidParameterError(detail) from exc
 
 
 def response_body(output: dict[str, Any], model: LoadedModel, started: float) -> dict[str, Any]:
@@ -80,12 +66,7 @@ def problem_event(exc: ServingError) -> dict[str, Any]:
     "/v1/generate",
     response_model=GenerateResponse,
     summary="Generate images from a prompt (or a class); JSON, or server-sent events with stream.",
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": GenerateRequest.model_json_schema()}},
-        }
-    },
+    openapi_extra=json_body(GenerateRequest),
     responses={
         200: {"content": {"text/event-stream": {}}, "description": "Images (or an SSE stream)"},
         415: {"description": "Not JSON"},
@@ -97,12 +78,7 @@ def problem_event(exc: ServingError) -> dict[str, Any]:
 async def generate(request: Request, runtime: RuntimeDep) -> Response:
     """Check the request, then generate (JSON) or stream progress and the result (SSE)."""
     started = time.perf_counter()
-    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if media_type != "application/json":
-        raise UnsupportedMediaTypeError(
-            f"content type {media_type or '(none)'!r} is not accepted; send application/json"
-        )
-    body = parse_body(await request.body())
+    body = await read_json(request, GenerateRequest)
     model = runtime.require_model()
     call = GenerateCall(body, model.info())
     if body.stream:

@@ -1,0 +1,232 @@
+"""ExplainService: Captum attributions, fidelity scores and feature maps of the classify model.
+
+It loads the classify bundle's safetensors weights (autograd needs PyTorch), rebuilds the net
+from the manifest's architecture dict and preprocesses exactly as the classify service does, so
+its prediction is the classify service's. Explanations are expensive: each item of a batch runs
+on its own, on one of `INFERENCE_WORKERS` model replicas, with torch threads set explicitly.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import queue
+from typing import Any
+
+import numpy as np
+import torch
+
+from services.explain import jobs
+from services.explain.attribution import (
+    Explainer,
+    block_layers,
+    default_layer,
+    evaluations,
+    feature_maps,
+    first_conv,
+)
+from services.explain.fidelity import evaluations as fidelity_evaluations
+from services.explain.jobs import ActivationsJob, ExplainJob, FiltersJob, Job
+from services.explain.routes import router
+from services.explain.schemas import (
+    MAX_EVALUATIONS,
+    METHODS,
+    PARAMS_OF,
+    ActivationsJSONRequest,
+    CompareJSONRequest,
+    ExplainJSONRequest,
+    MethodParams,
+)
+from shared.bundle import Bundle
+from shared.errors import BundleError, InferenceError, InvalidParameterError, ServingError
+from shared.media import ImageSpec, decode_base64, decode_image, image_to_array
+from shared.service import ModelService
+from shared.settings import ServingSettings
+
+log = logging.getLogger("modelplane.explain")
+
+#: what GET /v1/model and every response call the weights explained
+WEIGHTS_VARIANT = "torch"
+_CAM_METHODS = ("grad_cam", "guided_grad_cam")
+# A torch bundle's sample outputs come from the fp32 ONNX export; parity there is 1e-4.
+_SMOKE_ATOL = 1e-3
+
+Request = ExplainJSONRequest | CompareJSONRequest | ActivationsJSONRequest | FiltersJob
+
+
+class ExplainService(ModelService[Request, Job, Any, dict[str, Any]]):
+    """Image → attribution heatmaps, fidelity scores, feature maps and filters."""
+
+    name = "explain"
+    router = router
+
+    def load(self, bundle: Bundle, variant: str, settings: ServingSettings) -> None:
+        from training.models.classify import load_torch_bundle
+
+        manifest = bundle.manifest
+        if manifest.get("task") != "classify" or not {"architecture", "torch_weights"} <= set(
+            manifest
+        ):
+            raise BundleError(
+                f"{bundle.name} is not a classify bundle with torch weights (manifest keys "
+                "'architecture' and 'torch_weights'); explain needs autograd through PyTorch"
+            )
+        workers = settings.inference_workers
+        self.threads = max(1, settings.intra_op_threads() // workers)
+        torch.set_num_threads(self.threads)  # per-worker share: replicas never oversubscribe
+        self.bundle = bundle
+        self.spec = ImageSpec.from_manifest(bundle.preprocessing)
+        self.labels = bundle.labels
+        self.max_pixels = settings.max_image_pixels
+        model = load_torch_bundle(bundle)
+        self.maps = feature_maps(model, self.spec)
+        self.blocks = block_layers(model, self.maps)
+        self.default_layer = default_layer(model, self.maps)
+        self.first_conv = first_conv(model)[0]
+        replicas = [Explainer.build(model, self.spec)]
+        replicas += [Explainer.build(copy.deepcopy(model), self.spec) for _ in range(workers - 1)]
+        self.pool: queue.SimpleQueue[Explainer] = queue.SimpleQueue()
+        for replica in replicas:
+            self.pool.put(replica)
+        self.reference = replicas[0]
+
+    def warmup(self) -> None:
+        """Check the torch weights against the fp32 export's outputs, then explain once."""
+        fp32 = self.bundle.variants.get("fp32", {})
+        if "sample_inputs" in self.bundle.manifest and "expected_outputs" in fp32:
+            sample = self.bundle.load_array(self.bundle.manifest["sample_inputs"])
+            expected = self.bundle.load_array(fp32["expected_outputs"])
+            with torch.no_grad():
+                logits = self.reference.model(torch.from_numpy(sample)).numpy()
+            diff = float(np.max(np.abs(logits - expected)))
+            if diff > _SMOKE_ATOL:
+                raise BundleError(
+                    f"the torch weights disagree with the fp32 export by {diff:.2e} "
+                    f"(> {_SMOKE_ATOL:.0e}): the bundle's weights are not its ONNX model's"
+                )
+        black = self.reference.black
+        self.reference.attribute(black, 0, "saliency", MethodParams())
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "task": "explain",
+            "explains": {"weights": self.bundle.manifest["torch_weights"], "variant": "torch"},
+            "labels": self.labels,
+            "preprocessing": self.bundle.preprocessing,
+            "methods": list(METHODS),
+            "params_of": {m: sorted(PARAMS_OF[m]) for m in (*METHODS, "random")},
+            "max_evaluations": MAX_EVALUATIONS,
+            "default_layer": self.default_layer,
+            "layers": {name: list(self.maps[name]) for name in self.blocks},
+            "first_conv": self.first_conv,
+            "torch_threads": self.threads,
+        }
+
+    # ---- validation (preprocess runs in a worker thread, before the queue) ---------------
+    def preprocess(self, request: Request) -> Job:
+        if isinstance(request, FiltersJob):
+            return request
+        data = decode_base64(request.image)
+        image = decode_image(data, self.max_pixels)
+        x = image_to_array(image, self.spec)
+        if isinstance(request, ActivationsJSONRequest):
+            layer = self._layer(request.layer, "layer")
+            return ActivationsJob(x, layer, min(request.top_n, self.maps[layer][0]))
+        if isinstance(request, ExplainJSONRequest):
+            methods = [request.method]
+            by_method = {request.method: request.params}
+            fidelity = request.fidelity
+        else:
+            methods = list(request.methods)
+            if len(set(methods)) != len(methods):
+                raise InvalidParameterError(f"methods must be distinct, got {methods}")
+            stray = sorted(set(request.params) - set(methods))
+            if stray:
+                raise InvalidParameterError(f"params given for methods not compared: {stray}")
+            by_method = {m: request.params.get(m, MethodParams()) for m in methods}
+            fidelity = True
+        params = {m: self._check_params(m, by_method[m]) for m in methods}
+        self._check_cost(params, fidelity)
+        return ExplainJob(
+            image=image,
+            x=x,
+            methods=tuple(methods),
+            params=params,
+            target=self._target(request.target),
+            return_map=getattr(request, "return_map", False),
+            fidelity=fidelity,
+            compare=isinstance(request, CompareJSONRequest),
+        )
+
+    def _check_params(self, method: str, params: MethodParams) -> MethodParams:
+        stray = sorted(params.model_fields_set - PARAMS_OF[method])
+        if stray:
+            takes = ", ".join(sorted(PARAMS_OF[method])) or "no parameters"
+            raise InvalidParameterError(
+                f"params {stray} do not apply to {method}; {method} takes: {takes}"
+            )
+        if method == "occlusion":
+            side = min(self.spec.height, self.spec.width)
+            if params.window > side or params.stride > side:
+                raise InvalidParameterError(
+                    f"params.window and params.stride must be at most the model input "
+                    f"({self.spec.height}x{self.spec.width}); got {params.window}, {params.stride}"
+                )
+        needs_layer = method in _CAM_METHODS or (
+            method == "smoothgrad" and params.base in _CAM_METHODS
+        )
+        if needs_layer:
+            return params.model_copy(update={"layer": self._layer(params.layer, "params.layer")})
+        if params.layer is not None:
+            raise InvalidParameterError(f"params.layer only applies to {', '.join(_CAM_METHODS)}")
+        return params
+
+    def _layer(self, name: str | None, field: str) -> str:
+        layer = name or self.default_layer
+        if layer not in self.maps:
+            raise InvalidParameterError(
+                f"{field} {layer!r} is not a layer with a feature map; blocks: "
+                f"{', '.join(self.blocks)} (GET /v1/model lists them with their shapes)"
+            )
+        return layer
+
+    def _target(self, target: int | str) -> int | None:
+        if target == "predicted":
+            return None
+        if not isinstance(target, int) or target >= len(self.labels):
+            raise InvalidParameterError(
+                f"target must be 'predicted' or a class index from 0 to {len(self.labels) - 1}"
+            )
+        return target
+
+    def _check_cost(self, params: dict[str, MethodParams], fidelity: bool) -> None:
+        total = 0
+        for method, p in params.items():
+            cost = evaluations(method, p, self.spec)
+            total += cost + (fidelity_evaluations(cost, method != "random") if fidelity else 0)
+        if total > MAX_EVALUATIONS:
+            raise InvalidParameterError(
+                f"this request needs {total} model evaluations; the bound is {MAX_EVALUATIONS} "
+                "per request (fewer steps, samples or methods, a larger occlusion stride, or "
+                "no fidelity)"
+            )
+
+    # ---- work (predict runs in the inference executor) -----------------------------------
+    def predict(self, items: list[Job]) -> list[Any]:
+        """Each item on its own: one failure fails only its own request, nothing is rerun."""
+        return [self._run_one(item) for item in items]
+
+    def _run_one(self, job: Job) -> Any:
+        explainer = self.pool.get()
+        try:
+            return jobs.run(explainer, job, self.labels)
+        except ServingError as exc:
+            return exc
+        except Exception as exc:  # input was validated, so this is a server fault
+            log.exception("explanation failed")
+            return InferenceError(f"explanation failed: {type(exc).__name__}")
+        finally:
+            self.pool.put(explainer)
+
+    def postprocess(self, output: dict[str, Any], request: Request) -> dict[str, Any]:
+        return output

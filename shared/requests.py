@@ -1,0 +1,45 @@
+"""Reading request bodies one way in every service: media type, JSON into a pydantic model."""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+from fastapi import Request
+from pydantic import BaseModel, ValidationError
+
+from shared.errors import InvalidParameterError, UnsupportedMediaTypeError
+
+BodyT = TypeVar("BodyT", bound=BaseModel)
+
+
+def media_type(request: Request) -> str:
+    """The request's content type without parameters, lower case ('' when absent)."""
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+def parse_json(raw: bytes | str, model: type[BodyT]) -> BodyT:
+    """`raw` validated as `model`; a violated bound or a malformed body is a 422 naming it."""
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        detail = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise InvalidParameterError(detail) from exc
+
+
+async def read_json(request: Request, model: type[BodyT], hint: str = "") -> BodyT:
+    """The body of a JSON-only route: 415 for any other content type, then `parse_json`."""
+    kind = media_type(request)
+    if kind != "application/json":
+        raise UnsupportedMediaTypeError(
+            f"content type {kind or '(none)'!r} is not accepted; send application/json{hint}"
+        )
+    return parse_json(await request.body(), model)
+
+
+def json_body(model: type[BaseModel]) -> dict[str, Any]:
+    """`openapi_extra` documenting a route's JSON request body (routes that read it themselves)."""
+    schema = {"application/json": {"schema": model.model_json_schema()}}
+    return {"requestBody": {"required": True, "content": schema}}
