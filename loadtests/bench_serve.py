@@ -109,31 +109,46 @@ def free_port() -> int:
 
 
 def bench_service(
-    label: str, env: dict[str, str], body: Path, levels: list[int], seconds: float, log_dir: Path
+    label: str,
+    env: dict[str, str],
+    body: Path,
+    levels: list[int],
+    seconds: float,
+    log_dir: Path,
+    processes: int = 1,
 ) -> tuple[list[Row], dict[str, float]]:
-    """Start the service, measure cold start and RSS, drive it with wrk at each concurrency."""
+    """Start the service (`processes` > 1: that many sharing one port with REUSE_PORT), measure
+    cold start and RSS, drive it with wrk at each concurrency."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    log = log_dir / f"{label.replace(' ', '_')}.log"
-    with log.open("wb") as out:
-        started = time.perf_counter()
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "services.classify", "--port", str(port)],
-            cwd=ROOT,
-            env={**os.environ, **env},
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    if processes > 1:
+        env = {**env, "REUSE_PORT": "true"}
+    procs = []
+    started = time.perf_counter()
+    for index in range(processes):
+        log = log_dir / f"{label.replace(' ', '_')}-{index}.log"
+        with log.open("wb") as out:
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "services.classify", "--port", str(port)],
+                    cwd=ROOT,
+                    env={**os.environ, **env},
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            )
+    proc = procs[0]
     try:
-        while True:
-            if proc.poll() is not None:
-                raise SystemExit(f"{label}: service exited; see {log}")
+        ready = 0
+        while ready < 20 * processes:  # consecutive ready answers: every process has loaded
+            if any(p.poll() is not None for p in procs):
+                raise SystemExit(f"{label}: a service process exited; see {log_dir}")
             try:
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
+                ok = httpx.get(f"{url}/readyz", timeout=1, headers={"connection": "close"})
+                ready = ready + 1 if ok.status_code == 200 else 0
             except httpx.HTTPError:
-                pass
+                ready = 0
             time.sleep(0.02)
         facts = {"cold_start_s": time.perf_counter() - started}
         for _ in range(50):
@@ -168,8 +183,10 @@ def bench_service(
         facts["rss_loaded_mb"] = rss_mb(proc.pid)
         return rows, facts
     finally:
-        os.killpg(proc.pid, 15)
-        proc.wait(timeout=15)
+        for p in procs:
+            os.killpg(p.pid, 15)
+        for p in procs:
+            p.wait(timeout=15)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -184,6 +201,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--concurrency", default="1,8,32")
     parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument(
+        "--scale-out",
+        action="store_true",
+        help="instead: 1 process with every core vs 2 processes with half each, on one port",
+    )
     args = parser.parse_args(argv)
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed: apt-get install wrk (make bench-serve does it)")
@@ -213,23 +235,37 @@ def main(argv: list[str] | None = None) -> int:
         body.write_bytes(encode_png(gray_to_image(load_splits()["test"].images[0])))
         for variant in variants:
             rows += raw_ort(bundle.path, variant, threads, min(args.seconds, 5))
-            for batching, max_batch in (("batching on", "32"), ("batching off", "1")):
-                label = f"service {variant} {batching}"
+            for suffix, extra, processes in configurations(args.scale_out, threads):
+                label = f"service {variant} {suffix}"
                 print(f"  measuring {label} ...", flush=True)
                 env = {
                     "MLFLOW_TRACKING_URI": args.tracking_uri,
                     "MODEL_URI": args.model_uri,
                     "MODEL_VARIANT": variant,
                     "MODEL_CACHE_DIR": str(args.cache_dir),
-                    "MAX_BATCH_SIZE": max_batch,
                     "LOG_LEVEL": "WARNING",
+                    **extra,
                 }
                 measured, facts[label] = bench_service(
-                    label, env, body, levels, args.seconds, Path(tmp)
+                    label, env, body, levels, args.seconds, Path(tmp), processes
                 )
                 rows += measured
     print_table(rows, facts)
     return 0
+
+
+def configurations(scale_out: bool, cores: int) -> list[tuple[str, dict[str, str], int]]:
+    """(label suffix, environment, processes) of each service configuration measured."""
+    if scale_out:
+        half = str(max(1, cores // 2))
+        return [
+            (f"1 proc x {cores} thr", {"ONNX_INTRA_OP_THREADS": str(cores)}, 1),
+            (f"2 procs x {half} thr", {"ONNX_INTRA_OP_THREADS": half}, 2),
+        ]
+    return [
+        ("batching on", {"MAX_BATCH_SIZE": "32"}, 1),
+        ("batching off", {"MAX_BATCH_SIZE": "1"}, 1),
+    ]
 
 
 def print_table(rows: list[Row], facts: dict[str, dict[str, float]]) -> None:

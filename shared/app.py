@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -11,10 +12,11 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, Request
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest, start_http_server
 
-from shared.errors import ModelNotReadyError
+from shared.errors import ModelNotReadyError, UnauthorizedError
 from shared.metrics import Metrics
 from shared.middleware import ServingMiddleware
 from shared.problem import install_error_handlers
@@ -31,6 +33,27 @@ def get_runtime(request: Request) -> ModelRuntime:
 
 
 RuntimeDep = Annotated[ModelRuntime, Depends(get_runtime)]
+_bearer = HTTPBearer(auto_error=False, description="API_TOKEN (when the service sets one)")
+
+
+def require_token(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> None:
+    """With API_TOKEN (or API_TOKEN_FILE) set, the /v1 and /v2 routes need a bearer token.
+
+    Every accepted token is compared in constant time, and all of them are compared, so
+    neither the answer's timing nor its body says anything about the tokens."""
+    tokens: tuple[bytes, ...] = request.app.state.api_tokens
+    if not tokens:
+        return
+    given = credentials.credentials.encode() if credentials else b""
+    matches = [hmac.compare_digest(given, token) for token in tokens]
+    if not any(matches):
+        raise UnauthorizedError()
+
+
+Protected = [Depends(require_token)]
 
 
 def create_app(
@@ -60,9 +83,18 @@ def create_app(
             available_cores(),
         )
         task = asyncio.create_task(asyncio.to_thread(runtime.load_until_ready)) if load else None
+        exporter = None
+        if settings.metrics_port is not None:
+            exporter, _ = start_http_server(
+                settings.metrics_port, settings.metrics_addr, registry=metrics.registry
+            )
+            log.info("metrics on %s:%d", settings.metrics_addr, settings.metrics_port)
         try:
             yield
         finally:
+            if exporter is not None:
+                exporter.shutdown()
+                exporter.server_close()
             await runtime.aclose()
             if task is not None:
                 await asyncio.wait({task}, timeout=5)
@@ -77,15 +109,16 @@ def create_app(
     app.state.runtime = runtime
     app.state.metrics = metrics
     app.state.settings = settings
+    app.state.api_tokens = settings.api_tokens()
     install_error_handlers(app)
     app.add_middleware(ServingMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes)
     _add_docs(app)
     _add_health(app, runtime, metrics)
-    app.include_router(service.router)  # type: ignore[attr-defined]
+    app.include_router(service.router, dependencies=Protected)  # type: ignore[attr-defined]
     if service.supports_tensors:  # type: ignore[attr-defined]
         from shared.protocol_v2 import build_router
 
-        app.include_router(build_router())
+        app.include_router(build_router(), dependencies=Protected)
     return app
 
 
@@ -101,11 +134,18 @@ def _add_health(app: FastAPI, runtime: ModelRuntime, metrics: Metrics) -> None:
             raise ModelNotReadyError(f"not ready: {runtime.last_error}")
         return {"status": "ready", "model": model.info()}
 
-    @app.get("/metrics", tags=["health"], summary="Prometheus metrics.")
-    async def prometheus_metrics() -> Response:
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    if runtime.settings.metrics_port is None:
 
-    @app.get("/v1/model", tags=["model"], summary="The model being served and its input spec.")
+        @app.get("/metrics", tags=["health"], summary="Prometheus metrics.")
+        async def prometheus_metrics() -> Response:
+            return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get(
+        "/v1/model",
+        tags=["model"],
+        summary="The model being served and its input spec.",
+        dependencies=Protected,
+    )
     async def model_info() -> JSONResponse:
         model = runtime.require_model()
         manifest = model.service.describe()

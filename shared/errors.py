@@ -35,6 +35,13 @@ class InvalidParameterError(ServingError):
     status, code, title = 422, "invalid_parameter", "Unprocessable Content"
 
 
+class UnauthorizedError(ServingError):
+    status, code, title = 401, "unauthorized", "Unauthorized"
+
+    def __init__(self, detail: str = "a valid bearer token is required") -> None:
+        super().__init__(detail, headers={"WWW-Authenticate": "Bearer"})
+
+
 class PayloadTooLargeError(ServingError):
     status, code, title = 413, "payload_too_large", "Payload Too Large"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -78,8 +78,30 @@ class ServingSettings(BaseSettings):
     load_retry_max_s: float = Field(
         30.0, gt=0, description="Cap of the backoff between failed model loads."
     )
+    api_token: SecretStr | None = Field(
+        None, description="Bearer token required on /v1 and /v2 routes (empty: no auth)."
+    )
+    api_token_file: Path | None = Field(
+        None, description="A file of accepted bearer tokens, one per line (# comments)."
+    )
+    metrics_port: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description="Serve /metrics on this port only (a network policy can then admit only "
+        "Prometheus to it); unset: /metrics is on the main port.",
+    )
+    metrics_addr: str = Field("127.0.0.1", description="Address the metrics port binds to.")
     log_level: str = Field("INFO", description="Python logging level of the service.")
     log_json: bool = Field(True, description="Log JSON lines (false: plain text).")
+
+    def api_tokens(self) -> tuple[bytes, ...]:
+        """Every accepted bearer token; none means auth is off."""
+        tokens = [self.api_token.get_secret_value()] if self.api_token else []
+        if self.api_token_file is not None:
+            lines = self.api_token_file.read_text().splitlines()
+            tokens += [line.strip() for line in lines if not line.lstrip().startswith("#")]
+        return tuple(token.encode() for token in tokens if token.strip())
 
     def resolved_model_uri(self, service: str) -> str:
         return self.model_uri or f"models:/{service}@production"

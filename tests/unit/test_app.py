@@ -6,17 +6,22 @@ import base64
 import io
 import struct
 import zlib
+from pathlib import Path
 
+import httpx
 import numpy as np
+import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
+from pydantic import SecretStr
 
 from services.classify.service import ClassifyService
 from shared.app import create_app
 from shared.media import gray_to_image, image_to_array
 from shared.settings import ServingSettings
+from tests.procs import free_port
 from tests.tinymodels import LABELS, SPEC, linear_logits, tiny_classifier
-from tests.unit.conftest import png_bytes
+from tests.unit.conftest import png_bytes, wait_ready
 
 DIGIT = (np.arange(64).reshape(8, 8) * 4 % 256).astype(np.uint8)
 
@@ -206,6 +211,50 @@ def test_metrics_count_requests_by_route_template(client: TestClient) -> None:
         in text
     )
     assert 'modelplane_ready{service="classify"} 1.0' in text
+
+
+def test_metrics_port_serves_metrics_apart_from_the_api(settings: ServingSettings) -> None:
+    port = free_port()
+    split = settings.model_copy(update={"metrics_port": port})
+    with TestClient(create_app(ClassifyService, split)) as client:
+        wait_ready(client)
+        client.post("/v1/classify", content=png_bytes(DIGIT), headers={"content-type": "image/png"})
+        assert client.get("/metrics").status_code == 404  # not on the API port
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+        assert 'route="/v1/classify",service="classify",status="200"} 1.0' in text
+    with pytest.raises(httpx.ConnectError):  # stopped with the app
+        httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5)
+
+
+def test_api_token_guards_v1_and_v2_but_not_health_or_metrics(
+    settings: ServingSettings, tmp_path: Path
+) -> None:
+    tokens = tmp_path / "tokens"
+    tokens.write_text("# rotated monthly\nsecond-token\n")
+    guarded = settings.model_copy(
+        update={"api_token": SecretStr("first-token"), "api_token_file": tokens}
+    )
+    png = {"content": png_bytes(DIGIT), "headers": {"content-type": "image/png"}}
+    with TestClient(create_app(ClassifyService, guarded)) as client:
+        wait_ready(client)
+        for path in ("/livez", "/readyz", "/metrics"):
+            assert client.get(path).status_code == 200, path
+        for headers in ({}, {"authorization": "Bearer wrong"}, {"authorization": "Basic x"}):
+            for method, path in (("GET", "/v1/model"), ("POST", "/v1/classify"), ("GET", "/v2")):
+                answer = client.request(method, path, headers=headers)
+                assert answer.status_code == 401, (method, path, headers)
+                assert answer.headers["www-authenticate"] == "Bearer"
+                assert "token" not in answer.json()["detail"].replace("bearer token", "")
+        for token in ("first-token", "second-token"):
+            auth = {"authorization": f"Bearer {token}"}
+            assert client.get("/v1/model", headers=auth).status_code == 200
+            answer = client.post("/v1/classify", **{**png, "headers": {**png["headers"], **auth}})
+            assert answer.status_code == 200, answer.text
+    with TestClient(
+        create_app(ClassifyService, settings.model_copy(update={"api_token": ""}))
+    ) as c:
+        wait_ready(c)
+        assert c.get("/v1/model").status_code == 200  # an empty token turns auth off
 
 
 def test_request_id_is_echoed_or_generated(client: TestClient) -> None:
