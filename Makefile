@@ -4,15 +4,16 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-EXTRAS ?= serve,train,explain,generate,dev
+EXTRAS ?= serve,train,similarity,text,explain,generate,dev
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help setup test lint format demo mlflow serve-classify serve-explain train-classify \
+.PHONY: help setup tools test lint format demo mlflow serve-classify serve-explain train-classify \
 	export-classify serve-generate train-generate export-generate \
-	bench-serve bench-export clean
+	train-similarity export-similarity serve-similarity bench-similarity \
+	train-all export-all k8s image-sizes bench-serve bench-export clean
 
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
 
 setup: $(STAMP)  ## create or update the virtualenv (.venv) with every extra
 
@@ -23,7 +24,15 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --progress-bar on -e ".[$(EXTRAS)]"
 	@touch $(STAMP)
 
-test: setup  ## run lint and the whole test suite
+# System tools some tests drive (Debian packages): docker-compose validates the compose file
+# offline; kubectl (kustomize) is expected on the machine.
+TOOLS := docker-compose
+tools:  ## install the system tools the tests use (Debian packages), if missing
+	@for tool in $(TOOLS); do command -v $$tool >/dev/null || { \
+	  echo "==> installing $$tool (Debian package)"; \
+	  $$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get install -y $$tool; }; done
+
+test: setup tools  ## run lint and the whole test suite
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest
 
@@ -55,6 +64,18 @@ bench-export: setup  ## export the default classify model, print its trade-off t
 serve-classify: setup  ## serve models:/classify@production on 127.0.0.1:8001
 	$(PY) -m services.classify --port 8001
 
+train-similarity: setup  ## train the Siamese digit encoder, register similarity-torch@candidate (needs `make mlflow`)
+	$(PY) -m training.similarity $(ARGS)
+
+export-similarity: setup  ## export similarity-torch@candidate (ONNX + gallery) to similarity@production
+	$(PY) -m training.export similarity $(ARGS)
+
+serve-similarity: setup  ## serve models:/similarity@production on 127.0.0.1:8002
+	$(PY) -m services.similarity --port 8002
+
+bench-similarity: setup  ## similarity AUC/EER/recall/mAP, ORT batch-32 throughput, search p50 over HTTP
+	$(PY) -m scripts.bench_similarity $(ARGS)
+
 serve-explain: setup  ## explain models:/classify@production (Captum) on 127.0.0.1:8003
 	$(PY) -m services.explain --port 8003
 
@@ -66,6 +87,18 @@ export-generate: setup  ## export generate-torch@candidate to generate@productio
 
 serve-generate: setup  ## serve models:/generate@production on 127.0.0.1:8004
 	$(PY) -m services.generate --port 8004
+
+train-all: setup  ## train every model in turn (python -m training.all train; needs `make mlflow`)
+	$(PY) -m training.all train $(ARGS)
+
+export-all: setup  ## export every trained model in turn (python -m training.all export)
+	$(PY) -m training.all export $(ARGS)
+
+k8s: setup  ## regenerate k8s/base/<service>.yaml from scripts/k8s.py's table
+	$(PY) -m scripts.k8s
+
+image-sizes: setup  ## install each image's extras into a fresh venv: size + docker/constraints-*.txt
+	$(PY) -m scripts.image_sizes $(ARGS)
 
 bench-serve: setup  ## classify over HTTP (wrk) vs raw onnxruntime; needs a served bundle (make demo)
 	@command -v wrk >/dev/null || { echo "==> installing wrk (Debian package)"; \

@@ -79,7 +79,7 @@ def service(exported: Exported) -> Iterator[Served]:
 
 
 def test_export_moved_production_with_parity(exported: Exported) -> None:
-    client = MlflowClient(exported.tracking_uri)
+    client = MlflowClient(tracking_uri=exported.tracking_uri, registry_uri=exported.tracking_uri)
     production = client.get_model_version_by_alias("classify", "production")
     candidate = client.get_model_version_by_alias("classify-torch", "candidate")
     assert production.tags["source_model"] == "classify-torch"

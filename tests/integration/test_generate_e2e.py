@@ -112,7 +112,7 @@ def png(item: dict[str, Any]) -> Image.Image:
 
 
 def test_quick_training_logs_quality_sweeps_and_sample_grids(stack: Stack) -> None:
-    client = MlflowClient(stack.tracking_uri)
+    client = MlflowClient(tracking_uri=stack.tracking_uri, registry_uri=stack.tracking_uri)
     version = client.get_model_version_by_alias("generate-torch", "candidate")
     metrics = client.get_run(version.run_id).data.metrics
     for setting in ("guidance_0", "guidance_2", "guidance_7", "dpmsolverpp_1", "ddpm_10"):
@@ -125,7 +125,7 @@ def test_quick_training_logs_quality_sweeps_and_sample_grids(stack: Stack) -> No
 
 
 def test_export_registers_the_pipeline_bundle_as_production(stack: Stack) -> None:
-    client = MlflowClient(stack.tracking_uri)
+    client = MlflowClient(tracking_uri=stack.tracking_uri, registry_uri=stack.tracking_uri)
     production = client.get_model_version_by_alias("generate", "production")
     candidate = client.get_model_version_by_alias("generate-torch", "candidate")
     assert production.tags["source_version"] == candidate.version

@@ -31,9 +31,14 @@ class Parity:
 
 
 def export_onnx(
-    model: nn.Module, example: torch.Tensor, path: Path, opset: int, optimize: bool = True
+    model: nn.Module,
+    example: torch.Tensor,
+    path: Path,
+    opset: int,
+    optimize: bool = True,
+    output_name: str = "logits",
 ) -> None:
-    """Export `model` with input `input`, output `logits` and a dynamic batch axis.
+    """Export `model` with input `input`, output `output_name` and a dynamic batch axis.
 
     With `optimize=False` the graph keeps one initializer per parameter, named by its
     state-dict key (onnxruntime's offline optimization folds BatchNorm and constants later).
@@ -45,7 +50,7 @@ def export_onnx(
         (example,),
         str(path),
         input_names=["input"],
-        output_names=["logits"],
+        output_names=[output_name],
         dynamic_shapes=({0: batch},),
         opset_version=opset,
         dynamo=True,

@@ -1,0 +1,11 @@
+"""python -m services.similarity --host 127.0.0.1 --port 8002"""
+
+from shared.serve import limit_math_threads
+
+limit_math_threads()
+
+from services.similarity.service import SimilarityFactory  # noqa: E402
+from shared.serve import run  # noqa: E402
+
+if __name__ == "__main__":
+    raise SystemExit(run(SimilarityFactory(), default_port=8002))
