@@ -10,7 +10,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 .PHONY: help setup tools test lint format demo mlflow serve-classify serve-explain train-classify \
 	export-classify serve-generate train-generate export-generate \
 	train-similarity export-similarity serve-similarity bench-similarity \
-	train-all export-all k8s image-sizes bench-serve bench-export clean
+	loadtest loadtest-check train-all export-all k8s image-sizes bench-serve bench-export clean
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -25,8 +25,9 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 # System tools some tests drive (Debian packages): docker-compose validates the compose file
-# offline; kubectl (kustomize) is expected on the machine.
-TOOLS := docker-compose
+# offline, prometheus (with promtool) runs the rule tests and a real server; kubectl
+# (kustomize) is expected on the machine.
+TOOLS := docker-compose prometheus
 tools:  ## install the system tools the tests use (Debian packages), if missing
 	@for tool in $(TOOLS); do command -v $$tool >/dev/null || { \
 	  echo "==> installing $$tool (Debian package)"; \
@@ -99,6 +100,12 @@ k8s: setup  ## regenerate k8s/base/<service>.yaml from scripts/k8s.py's table
 
 image-sizes: setup  ## install each image's extras into a fresh venv: size + docker/constraints-*.txt
 	$(PY) -m scripts.image_sizes $(ARGS)
+
+loadtest: setup  ## Locust vs the running services (SERVICES, DURATION, USERS, SPAWN_RATE, *_URL)
+	$(PY) -m loadtests.run $(ARGS)
+
+loadtest-check: setup  ## latency regression gate vs loadtests/baseline.json (ARGS=--update-baseline)
+	$(PY) -m loadtests.check $(ARGS)
 
 bench-serve: setup  ## classify over HTTP (wrk) vs raw onnxruntime; needs a served bundle (make demo)
 	@command -v wrk >/dev/null || { echo "==> installing wrk (Debian package)"; \

@@ -22,6 +22,7 @@ from shared.middleware import ServingMiddleware
 from shared.problem import install_error_handlers
 from shared.service import ModelRuntime, ModelService
 from shared.settings import ServingSettings, available_cores
+from shared.tracing import instrument, tracing_requested
 
 log = logging.getLogger("modelplane.app")
 
@@ -95,6 +96,8 @@ def create_app(
             if exporter is not None:
                 exporter.shutdown()
                 exporter.server_close()
+            if (provider := getattr(app.state, "tracer_provider", None)) is not None:
+                provider.shutdown()  # flushes the spans still batched
             await runtime.aclose()
             if task is not None:
                 await asyncio.wait({task}, timeout=5)
@@ -119,6 +122,8 @@ def create_app(
         from shared.protocol_v2 import build_router
 
         app.include_router(build_router(), dependencies=Protected)
+    if tracing_requested():
+        app.state.tracer_provider = instrument(app, name)
     return app
 
 

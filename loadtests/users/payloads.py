@@ -1,0 +1,59 @@
+"""Realistic request payloads made from the data the models were trained on: held-out digits
+as PNG, sentences in twelve languages, standard-library functions. No Locust import here, so
+the runner and the tests can make them without gevent's monkey-patching."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from functools import cache
+from pathlib import Path
+
+DIGITS_FILE = "LOADTEST_DIGITS"  # a JSON list of base64 PNGs, written once per run by run.py
+
+
+@cache
+def digit_pngs(count: int = 64) -> tuple[bytes, ...]:
+    """Held-out handwritten digits (sklearn's, as the models were trained on) as PNG bytes.
+
+    training.data imports torch (seconds); the runner makes the PNGs once and hands every
+    Locust process the file named by LOADTEST_DIGITS instead."""
+    path = os.environ.get(DIGITS_FILE)
+    if path:
+        return tuple(base64.b64decode(text) for text in json.loads(Path(path).read_text()))[:count]
+    from shared.media import encode_png, gray_to_image
+    from training.data import load_splits
+
+    images = load_splits()["test"].images[:count]
+    return tuple(encode_png(gray_to_image(pixels)) for pixels in images)
+
+
+def write_digits(path: Path) -> Path:
+    """Save `digit_pngs()` for the Locust processes (see LOADTEST_DIGITS)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps([b64(png) for png in digit_pngs()]))
+    return path
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+@cache
+def sentences(per_language: int = 6) -> tuple[str, ...]:
+    """Test-split sentences in the twelve languages the text classifier knows."""
+    from training.text_data import language_split
+
+    return tuple(language_split("test", per_language).texts)
+
+
+@cache
+def code_snippets(limit: int = 32) -> tuple[str, ...]:
+    """Standard-library functions without their docstrings, as the summarizer was trained on."""
+    from training.text_data import module_examples, stdlib_root
+
+    examples = []
+    for module in ("textwrap", "fnmatch", "shlex", "calendar"):
+        examples += module_examples(stdlib_root() / f"{module}.py", module)
+    return tuple(example.source for example in examples[:limit])

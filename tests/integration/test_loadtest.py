@@ -1,0 +1,133 @@
+"""`make loadtest` and the latency regression gate, headless against a real classify process:
+a smoke run without failures, a gate that passes on its own baseline, fails on a genuinely
+slower model variant (like fp32 served against an int8 baseline) and on failing requests."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from loadtests.users.payloads import DIGITS_FILE, write_digits
+from tests.procs import ROOT, free_port
+from tests.tinyserve import DEAD_REGISTRY, seed_two_speed_cache, serve_classify
+
+pytestmark = pytest.mark.integration
+
+LOAD = ["--services", "classify", "--users", "2", "--spawn-rate", "2", "--duration", "3s"]
+#: generous, for a short run on a shared machine: the slow variant is several times slower
+TOLERANCE = "p50=2.0,p95=3.0,p99=5.0,rps=0.75"
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The two-speed bundle's cache, and the digit PNGs every run sends (made once here:
+    training.data imports torch, seconds per process on a busy machine)."""
+    root = tmp_path_factory.mktemp("loadtest")
+    seed_two_speed_cache(root / "cache")
+    write_digits(root / "digits.json")
+    return root / "cache"
+
+
+@pytest.fixture(scope="module")
+def fast(cache: Path) -> Iterator[str]:
+    with serve_classify(cache, cache.parent / "fast.log", variant="fp32") as url:
+        yield url
+
+
+def loadtest(module: str, url: str, cache: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """`python -m loadtests.<module>` against `url`, calibrating on the cached bundle."""
+    env = {
+        "PATH": str(Path(sys.executable).parent),
+        "HOME": str(cache.parent),
+        "CLASSIFY_URL": url,
+        "MLFLOW_TRACKING_URI": DEAD_REGISTRY,
+        "MODEL_CACHE_DIR": str(cache),
+        "OMP_NUM_THREADS": "1",
+        DIGITS_FILE: str(cache.parent / "digits.json"),
+    }
+    return subprocess.run(
+        [sys.executable, "-m", f"loadtests.{module}", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+def test_smoke_loadtest_has_no_failures_and_writes_its_reports(
+    fast: str, cache: Path, tmp_path: Path
+) -> None:
+    done = loadtest("run", fast, cache, *LOAD, "--reports", str(tmp_path))
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| classify POST")]
+    assert {row.split("|")[1].strip() for row in rows} >= {
+        "classify POST /v1/classify [png]",
+        "classify POST /v1/classify [json]",
+    }
+    for row in rows:
+        requests, failures = (int(cell) for cell in row.split("|")[2:4])
+        assert requests > 0 and failures == 0, row
+    (report,) = tmp_path.iterdir()
+    assert (report / "report.html").stat().st_size > 0
+    assert "Request Count" in (report / "stats_stats.csv").read_text()
+
+
+@pytest.fixture(scope="module")
+def baseline(fast: str, cache: Path) -> Path:
+    """`--update-baseline` against the fast variant: the gate's reference for these tests."""
+    path = cache.parent / "baseline.json"
+    written = loadtest("check", fast, cache, *LOAD, *gate(path), "--update-baseline")
+    assert written.returncode == 0, written.stdout + written.stderr
+    return path
+
+
+def gate(baseline: Path) -> list[str]:
+    reports = str(baseline.parent / "reports")
+    return [
+        "--repeats",
+        "2",
+        "--baseline",
+        str(baseline),
+        "--reports",
+        reports,
+    ]
+
+
+def test_update_baseline_records_the_machine_load_and_every_endpoint(baseline: Path) -> None:
+    recorded = json.loads(baseline.read_text())
+    assert recorded["machine"]["cores"] >= 1 and recorded["machine"]["cpu"]
+    assert recorded["load"]["services"] == ["classify"] and recorded["load"]["users"] == 2
+    assert recorded["calibration_ms"] > 0
+    png = recorded["endpoints"]["classify POST /v1/classify [png]"]
+    assert png["requests"] > 20 and png["failures"] == 0
+    assert 0 < png["p50_ms"] <= png["p95_ms"] <= png["p99_ms"]
+
+
+def test_gate_passes_on_its_baseline_and_catches_a_slower_variant(
+    fast: str, cache: Path, baseline: Path, tmp_path: Path
+) -> None:
+    same = loadtest("check", fast, cache, *gate(baseline), "--tolerance", TOLERANCE)
+    assert same.returncode == 0, same.stdout + same.stderr
+    assert "PASS" in same.stdout
+
+    with serve_classify(cache, tmp_path / "slow.log", variant="slow") as slow:
+        slower = loadtest("check", slow, cache, *gate(baseline), "--tolerance", TOLERANCE)
+    assert slower.returncode == 1, slower.stdout + slower.stderr
+    assert "FAIL: latency regression" in slower.stdout
+    assert "classify POST /v1/classify [png]: p50 +" in slower.stdout
+
+
+def test_gate_fails_when_more_than_one_percent_of_requests_fail(
+    cache: Path, baseline: Path
+) -> None:
+    nobody = f"http://127.0.0.1:{free_port()}"  # nothing listens: every request fails
+    failing = loadtest("check", nobody, cache, *gate(baseline))
+    assert failing.returncode == 1, failing.stdout + failing.stderr
+    assert "100.00% of the requests failed" in failing.stdout
