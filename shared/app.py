@@ -114,7 +114,12 @@ def create_app(
     app.state.settings = settings
     app.state.api_tokens = settings.api_tokens()
     install_error_handlers(app)
-    app.add_middleware(ServingMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        ServingMiddleware,
+        metrics=metrics,
+        max_body_bytes=settings.max_body_bytes,
+        model_version=lambda: runtime.current.version if runtime.current else None,
+    )
     _add_docs(app)
     _add_health(app, runtime, metrics)
     app.include_router(service.router, dependencies=Protected)  # type: ignore[attr-defined]

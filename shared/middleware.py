@@ -6,6 +6,7 @@ import logging
 import re
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -20,10 +21,17 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._\-]{1,64}$")
 class ServingMiddleware:
     """Assigns a request id, caps the body, and records every request in the metrics."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics, max_body_bytes: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        metrics: Metrics,
+        max_body_bytes: int,
+        model_version: Callable[[], str | None] = lambda: None,
+    ) -> None:
         self.app = app
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
+        self.model_version = model_version  # the version serving now, for the access log
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -68,6 +76,7 @@ class ServingMiddleware:
                     "route": template,
                     "status": status,
                     "latency_ms": round(seconds * 1000, 2),
+                    "model_version": self.model_version(),
                 },
             )
 

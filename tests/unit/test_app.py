@@ -325,3 +325,17 @@ def test_batched_and_unbatched_responses_are_identical(settings: ServingSettings
             rtol=1e-5,
             atol=1e-7,
         )
+
+
+def test_access_log_carries_request_id_route_status_latency_and_model_version(
+    client: TestClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level("INFO", logger="modelplane.access"):
+        answer = client.post(
+            "/v1/classify", content=png_bytes(DIGIT), headers={"content-type": "image/png"}
+        )
+    (record,) = [r for r in caplog.records if r.name == "modelplane.access"]
+    assert record.request_id == answer.headers["x-request-id"]  # type: ignore[attr-defined]
+    assert (record.route, record.status) == ("/v1/classify", 200)  # type: ignore[attr-defined]
+    assert record.latency_ms > 0  # type: ignore[attr-defined]
+    assert record.model_version == "1"  # type: ignore[attr-defined]
