@@ -83,7 +83,8 @@ def create_app(
             settings.max_batch_size,
             available_cores(),
         )
-        task = asyncio.create_task(asyncio.to_thread(runtime.load_until_ready)) if load else None
+        loop = asyncio.get_running_loop()
+        task = asyncio.create_task(asyncio.to_thread(runtime.serve_models, loop)) if load else None
         exporter = None
         if settings.metrics_port is not None:
             exporter, _ = start_http_server(

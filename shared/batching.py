@@ -63,6 +63,7 @@ class Batcher:
         self._slots = asyncio.Semaphore(config.concurrency)
         self._collector: asyncio.Task[None] | None = None
         self._running: set[asyncio.Task[None]] = set()
+        self._collecting = False  # the collector holds items taken off the queue
 
     def start(self) -> None:
         if self._collector is None:
@@ -80,6 +81,18 @@ class Batcher:
             pending = self._queue.get_nowait()
             if not pending.future.done():
                 pending.future.set_exception(OverloadedError("the server is shutting down"))
+
+    async def drain(self, timeout_s: float) -> None:
+        """Answer everything already queued or running (a model swap), then stop.
+
+        Requests still waiting after `timeout_s` get stop()'s 503; a model swap waits for
+        the old model's queue this way while new requests already go to the new model."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and (
+            not self._queue.empty() or self._running or self._collecting
+        ):
+            await asyncio.sleep(0.005)  # a one-off wait per swap, not on the request path
+        await self.stop()
 
     async def submit(self, item: Any, timeout_s: float | None = None) -> Any:
         """Queue one item and wait for its output; full queue → 503, expired deadline → 504."""
@@ -111,6 +124,7 @@ class Batcher:
 
     async def _collect(self) -> list[_Pending]:
         first = await self._queue.get()
+        self._collecting = True
         batch = [first]
         close_at = first.enqueued + self.config.max_delay_ms / 1000
         while len(batch) < self.config.max_batch_size:
@@ -125,6 +139,7 @@ class Batcher:
             except TimeoutError:
                 break
         self.metrics.queue_depth.labels(self.service).set(self._queue.qsize())
+        self._collecting = False  # the caller registers the batch as running before any await
         return batch
 
     async def _run(self, batch: list[_Pending]) -> None:

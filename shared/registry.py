@@ -136,6 +136,11 @@ def _resolve(ref: ModelRef) -> tuple[str, str | None, str]:
     return str(mv.version), mv.run_id, (mv.tags or {}).get(BUNDLE_SHA_TAG, "")
 
 
+def resolve_version(uri: str) -> str:
+    """The version `uri` names in the registry now (an alias is looked up; raises if down)."""
+    return _resolve(ModelRef.parse(uri))[0]
+
+
 def _download(ref_name: str, version: str, into: Path) -> Path:
     import mlflow
 

@@ -25,7 +25,7 @@ from shared.batching import BatchConfig, Batcher
 from shared.bundle import Bundle, TensorSpec
 from shared.errors import ModelNotReadyError
 from shared.metrics import Metrics
-from shared.registry import FetchedModel, configure_client, fetch
+from shared.registry import FetchedModel, ModelRef, configure_client, fetch, resolve_version
 from shared.settings import ServingSettings, available_cores
 
 log = logging.getLogger("modelplane.service")
@@ -43,6 +43,8 @@ class ModelService(ABC, Generic[RequestT, ItemT, OutputT, ResponseT]):
     name: ClassVar[str]
     #: the task routes (under /v1/...) of this service
     router: ClassVar[APIRouter]
+    #: the registered model served by default (models:/<it>@production); None = `name`
+    registered_model: ClassVar[str | None] = None
 
     @abstractmethod
     def load(self, bundle: Bundle, variant: str, settings: ServingSettings) -> None:
@@ -115,7 +117,8 @@ class ModelRuntime:
         self.settings = settings
         self.metrics = metrics
         self.service_name = metrics.service
-        self.uri = settings.resolved_model_uri(self.service_name)
+        default_model = getattr(factory, "registered_model", None) or self.service_name
+        self.uri = settings.resolved_model_uri(default_model)
         self.current: LoadedModel | None = None
         self.last_error: str | None = "the model is loading"
         self.executor = ThreadPoolExecutor(
@@ -185,6 +188,42 @@ class ModelRuntime:
                 log.error("model load failed (retrying in %.1fs): %s", delay, self.last_error)
             self._stop.wait(delay)
             delay = min(delay * 2, self.settings.load_retry_max_s)
+
+    def serve_models(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The loader thread: load until ready, then follow the alias (RELOAD_INTERVAL_S)."""
+        self.load_until_ready()
+        interval = self.settings.reload_interval_s
+        if interval <= 0 or ModelRef.parse(self.uri).alias is None:
+            return
+        while not self._stop.wait(interval):
+            self.reload_if_moved(loop)
+
+    def reload_if_moved(self, loop: asyncio.AbstractEventLoop) -> bool:
+        """Zero-downtime swap: when the alias names another version, load, verify and warm it
+        beside the serving one, switch atomically, then drain the old batcher. A failed load
+        keeps the old model serving (counted in model_load_failures_total)."""
+        current = self.current
+        try:
+            version = resolve_version(self.uri)
+        except Exception as exc:  # noqa: BLE001 - registry down: keep serving, look again later
+            log.warning("cannot check %s for a new version: %s", self.uri, exc)
+            return False
+        if current is None or version == current.version:
+            return False
+        log.info("%s moved to version %s (serving %s)", self.uri, version, current.version)
+        try:
+            loaded = self.load_once()
+        except Exception as exc:  # noqa: BLE001 - reported; the old model keeps serving
+            self.metrics.model_load_failures.labels(self.service_name).inc()
+            log.error("new version failed to load; still serving %s: %s", current.version, exc)
+            return False
+        self.activate(loaded)  # one attribute assignment: new requests go to the new model
+        drained = asyncio.run_coroutine_threadsafe(
+            current.batcher.drain(self.settings.request_timeout_s), loop
+        )
+        drained.result()
+        log.info("switched from version %s to %s", current.version, loaded.version)
+        return True
 
     async def aclose(self) -> None:
         """Stop loading, answer what is queued, and release the worker threads."""

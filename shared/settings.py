@@ -92,6 +92,12 @@ class ServingSettings(BaseSettings):
         "Prometheus to it); unset: /metrics is on the main port.",
     )
     metrics_addr: str = Field("127.0.0.1", description="Address the metrics port binds to.")
+    reload_interval_s: float = Field(
+        0.0,
+        ge=0,
+        description="Check the model alias this often; when it moves, load the new version "
+        "beside the old one and switch without dropping requests (0: never).",
+    )
     log_level: str = Field("INFO", description="Python logging level of the service.")
     log_json: bool = Field(True, description="Log JSON lines (false: plain text).")
 
