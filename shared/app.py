@@ -54,7 +54,10 @@ def require_token(
         raise UnauthorizedError()
 
 
-Protected = [Depends(require_token)]
+def protection(settings: ServingSettings) -> list[Any]:
+    """The dependencies of /v1 and /v2 routes: the bearer check when tokens are configured,
+    nothing otherwise (so the OpenAPI schema only asks for a token when one is needed)."""
+    return [Depends(require_token)] if settings.api_tokens() else []
 
 
 def create_app(
@@ -123,11 +126,12 @@ def create_app(
     )
     _add_docs(app)
     _add_health(app, runtime, metrics)
-    app.include_router(service.router, dependencies=Protected)  # type: ignore[attr-defined]
+    protected = protection(settings)
+    app.include_router(service.router, dependencies=protected)  # type: ignore[attr-defined]
     if service.supports_tensors:  # type: ignore[attr-defined]
         from shared.protocol_v2 import build_router
 
-        app.include_router(build_router(), dependencies=Protected)
+        app.include_router(build_router(), dependencies=protected)
     if tracing_requested():
         app.state.tracer_provider = instrument(app, name)
     return app
@@ -155,7 +159,7 @@ def _add_health(app: FastAPI, runtime: ModelRuntime, metrics: Metrics) -> None:
         "/v1/model",
         tags=["model"],
         summary="The model being served and its input spec.",
-        dependencies=Protected,
+        dependencies=protection(runtime.settings),
     )
     async def model_info() -> JSONResponse:
         model = runtime.require_model()

@@ -239,6 +239,7 @@ def test_api_token_guards_v1_and_v2_but_not_health_or_metrics(
         wait_ready(client)
         for path in ("/livez", "/readyz", "/metrics"):
             assert client.get(path).status_code == 200, path
+        assert "HTTPBearer" in client.get("/openapi.json").json()["components"]["securitySchemes"]
         for headers in ({}, {"authorization": "Bearer wrong"}, {"authorization": "Basic x"}):
             for method, path in (("GET", "/v1/model"), ("POST", "/v1/classify"), ("GET", "/v2")):
                 answer = client.request(method, path, headers=headers)
@@ -250,11 +251,11 @@ def test_api_token_guards_v1_and_v2_but_not_health_or_metrics(
             assert client.get("/v1/model", headers=auth).status_code == 200
             answer = client.post("/v1/classify", **{**png, "headers": {**png["headers"], **auth}})
             assert answer.status_code == 200, answer.text
-    with TestClient(
-        create_app(ClassifyService, settings.model_copy(update={"api_token": ""}))
-    ) as c:
-        wait_ready(c)
-        assert c.get("/v1/model").status_code == 200  # an empty token turns auth off
+    open_again = settings.model_copy(update={"api_token": SecretStr("")})
+    with TestClient(create_app(ClassifyService, open_again)) as client:
+        wait_ready(client)
+        assert client.get("/v1/model").status_code == 200  # an empty token turns auth off
+        assert "securitySchemes" not in client.get("/openapi.json").json().get("components", {})
 
 
 def test_request_id_is_echoed_or_generated(client: TestClient) -> None:
