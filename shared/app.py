@@ -20,6 +20,7 @@ from shared.errors import ModelNotReadyError, UnauthorizedError
 from shared.metrics import Metrics
 from shared.middleware import ServingMiddleware
 from shared.problem import install_error_handlers
+from shared.requests import error_responses
 from shared.service import ModelRuntime, ModelService
 from shared.settings import ServingSettings, available_cores
 from shared.tracing import instrument, tracing_requested
@@ -142,7 +143,12 @@ def _add_health(app: FastAPI, runtime: ModelRuntime, metrics: Metrics) -> None:
     async def livez() -> dict[str, str]:
         return {"status": "alive"}
 
-    @app.get("/readyz", tags=["health"], summary="200 once the model is loaded, verified and warm.")
+    @app.get(
+        "/readyz",
+        tags=["health"],
+        summary="200 once the model is loaded, verified and warm.",
+        responses=error_responses(503),
+    )
     async def readyz() -> dict[str, Any]:
         model = runtime.current
         if model is None:
@@ -151,7 +157,13 @@ def _add_health(app: FastAPI, runtime: ModelRuntime, metrics: Metrics) -> None:
 
     if runtime.settings.metrics_port is None:
 
-        @app.get("/metrics", tags=["health"], summary="Prometheus metrics.")
+        @app.get(
+            "/metrics",
+            tags=["health"],
+            summary="Prometheus metrics.",
+            response_class=Response,
+            responses={200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {}}}},
+        )
         async def prometheus_metrics() -> Response:
             return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
@@ -159,6 +171,7 @@ def _add_health(app: FastAPI, runtime: ModelRuntime, metrics: Metrics) -> None:
         "/v1/model",
         tags=["model"],
         summary="The model being served and its input spec.",
+        responses=error_responses(401, 503),
         dependencies=protection(runtime.settings),
     )
     async def model_info() -> JSONResponse:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from typing import Any
 
 import numpy as np
@@ -17,6 +18,7 @@ from fastapi.responses import JSONResponse, Response
 
 from shared.bundle import TensorSpec
 from shared.errors import InvalidInputError, ServingError
+from shared.requests import error_responses
 from shared.service import LoadedModel, ModelRuntime
 
 HEADER_LENGTH = "inference-header-content-length"
@@ -77,22 +79,33 @@ def _split_body(body: bytes, header_length: str | None) -> tuple[dict[str, Any],
     return header, memoryview(binary)
 
 
+def _parameters(holder: dict[str, Any], where: str) -> dict[str, Any]:
+    """A `parameters` object (absent: empty); anything but an object is the client's error."""
+    params = holder.get("parameters")
+    if params is None:
+        return {}
+    if not isinstance(params, dict):
+        raise ProtocolError(f"{where}: 'parameters' must be an object")
+    return params
+
+
 def _decode_input(raw: dict[str, Any], binary: memoryview, offset: int) -> tuple[np.ndarray, int]:
     """One input tensor as an array; returns it and the next offset in the binary tail."""
     if not isinstance(raw, dict):
         raise ProtocolError("each input must be an object with name, shape, datatype, data")
     name, shape, datatype = raw.get("name"), raw.get("shape"), raw.get("datatype")
-    if not isinstance(name, str) or not isinstance(shape, list) or datatype not in DATATYPES:
+    known = isinstance(datatype, str) and datatype in DATATYPES
+    if not isinstance(name, str) or not isinstance(shape, list) or not known:
         raise ProtocolError(
             f"input {name!r}: needs a name, a shape list and a datatype among {sorted(DATATYPES)}"
         )
     if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
         raise ProtocolError(f"input {name!r}: shape must be non-negative integers, got {shape}")
-    count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    count = math.prod(shape)  # Python integers: no overflow on absurd shapes
     if count > _MAX_ELEMENTS:
         raise ProtocolError(f"input {name!r}: {count} elements is over the limit")
     dtype = DATATYPES[datatype]
-    size = (raw.get("parameters") or {}).get("binary_data_size")
+    size = _parameters(raw, f"input {name!r}").get("binary_data_size")
     if size is not None:
         if not isinstance(size, int) or size != count * dtype.itemsize:
             raise ProtocolError(
@@ -107,7 +120,7 @@ def _decode_input(raw: dict[str, Any], binary: memoryview, offset: int) -> tuple
         raise ProtocolError(f"input {name!r} has neither data nor binary_data_size")
     try:
         array = np.asarray(data, dtype=dtype)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:
         raise ProtocolError(f"input {name!r}: data is not {datatype}: {exc}") from exc
     if array.size != count:
         raise ProtocolError(f"input {name!r}: {array.size} values for shape {shape}")
@@ -150,7 +163,7 @@ def _parse_inputs(
 
 def _render(header: dict[str, Any], model: LoadedModel, outputs: dict[str, np.ndarray]) -> Response:
     wanted = header.get("outputs")
-    default_binary = bool((header.get("parameters") or {}).get("binary_data_output", False))
+    default_binary = bool(_parameters(header, "the request").get("binary_data_output", False))
     if wanted is None:
         selection = [(name, default_binary) for name in outputs]
     else:
@@ -158,11 +171,11 @@ def _render(header: dict[str, Any], model: LoadedModel, outputs: dict[str, np.nd
             raise ProtocolError("'outputs' must be a list of objects with a name")
         selection = []
         for requested in wanted:
-            if requested.get("name") not in outputs:
+            if not isinstance(requested.get("name"), str) or requested["name"] not in outputs:
                 raise ProtocolError(
                     f"unknown output {requested.get('name')!r}; the model has {sorted(outputs)}"
                 )
-            params = requested.get("parameters") or {}
+            params = _parameters(requested, f"output {requested['name']!r}")
             selection.append((requested["name"], bool(params.get("binary_data", default_binary))))
     body: dict[str, Any] = {"model_name": model.name, "model_version": model.version, "outputs": []}
     if "id" in header:
@@ -218,7 +231,9 @@ def build_router() -> APIRouter:
     async def live() -> dict[str, bool]:
         return {"live": True}
 
-    @router.get("/health/ready", summary="Server ready")
+    not_ready = error_responses(503, media_type="application/json") | error_responses(401)
+
+    @router.get("/health/ready", summary="Server ready", responses=not_ready)
     async def ready(request: Request) -> Response:
         is_ready = runtime_of(request).current is not None
         return JSONResponse({"ready": is_ready}, status_code=200 if is_ready else 503)
@@ -273,6 +288,41 @@ def build_router() -> APIRouter:
     return router
 
 
+_TENSOR = {
+    "type": "object",
+    "required": ["name", "shape", "datatype"],
+    "properties": {
+        "name": {"type": "string"},
+        "shape": {"type": "array", "items": {"type": "integer", "minimum": -1}},
+        "datatype": {"type": "string", "enum": sorted(DATATYPES)},
+        "data": {"type": "array"},
+        "parameters": {"type": "object"},
+    },
+}
+#: the inference request body (JSON; with the binary extension the JSON header is followed by
+#: raw tensor bytes and Inference-Header-Content-Length gives its length)
+_INFER_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["inputs"],
+                    "properties": {
+                        "id": {"type": "string"},
+                        "inputs": {"type": "array", "minItems": 1, "items": _TENSOR},
+                        "outputs": {"type": "array", "items": {"type": "object"}},
+                        "parameters": {"type": "object"},
+                    },
+                }
+            },
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
+
+
 def _add_pair(router: APIRouter, suffix: str, handler: Any, method: str) -> None:
     """Register `/models/{name}{suffix}` and `/models/{name}/versions/{version}{suffix}`."""
 
@@ -283,10 +333,23 @@ def _add_pair(router: APIRouter, suffix: str, handler: Any, method: str) -> None
         return await handler(request, name, version)
 
     label = {"": "Model metadata", "/ready": "Model ready", "/infer": "Inference"}[suffix]
-    router.add_api_route(f"/models/{{name}}{suffix}", unversioned, methods=[method], summary=label)
+    codes = (400, 404, 413, 415, 422, 503, 504) if suffix == "/infer" else (404, 503)
+    # the protocol's own errors are {"error": ...} JSON; a missing token is problem+json
+    responses = error_responses(*codes, media_type="application/json") | error_responses(401)
+    extra = _INFER_BODY if suffix == "/infer" else None
+    router.add_api_route(
+        f"/models/{{name}}{suffix}",
+        unversioned,
+        methods=[method],
+        summary=label,
+        responses=responses,
+        openapi_extra=extra,
+    )
     router.add_api_route(
         f"/models/{{name}}/versions/{{version}}{suffix}",
         versioned,
         methods=[method],
         summary=f"{label} (a version)",
+        responses=responses,
+        openapi_extra=extra,
     )

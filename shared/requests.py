@@ -43,3 +43,23 @@ def json_body(model: type[BaseModel]) -> dict[str, Any]:
     """`openapi_extra` documenting a route's JSON request body (routes that read it themselves)."""
     schema = {"application/json": {"schema": model.model_json_schema()}}
     return {"requestBody": {"required": True, "content": schema}}
+
+
+_DESCRIPTIONS = {
+    400: "Malformed input (not base64, not an image, a bad tensor payload)",
+    401: "Missing or wrong bearer token (when API_TOKEN is set)",
+    404: "No such model or version",
+    413: "Body or image over its limit",
+    415: "Unsupported content type",
+    422: "A parameter out of its bounds (the detail names it)",
+    503: "Not ready, or the queue is full (Retry-After)",
+    504: "The request waited past its deadline",
+}
+
+
+def error_responses(
+    *codes: int, media_type: str = "application/problem+json"
+) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for the errors a route can answer (problem+json unless it says)."""
+    content = {media_type: {"schema": {"type": "object"}}}
+    return {code: {"description": _DESCRIPTIONS[code], "content": content} for code in codes}

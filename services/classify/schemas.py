@@ -21,9 +21,12 @@ class ClassifyJSONRequest(BaseModel):
     image: str = Field(
         ...,
         description="Base64 PNG or JPEG bytes (a data: URL prefix is allowed).",
+        min_length=1,
         max_length=16 * 1024 * 1024,
     )
-    top_k: int = Field(5, ge=1, le=1000, description="How many labels to return, best first.")
+    top_k: int = Field(
+        5, ge=1, le=1000, description="How many labels to return, best first (all if fewer)."
+    )
 
 
 @dataclass(frozen=True)

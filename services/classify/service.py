@@ -16,10 +16,10 @@ from services.classify.schemas import (
 )
 from shared.app import RuntimeDep
 from shared.bundle import Bundle, TensorSpec
-from shared.errors import InvalidInputError, InvalidParameterError, UnsupportedMediaTypeError
+from shared.errors import InvalidInputError, UnsupportedMediaTypeError
 from shared.media import IMAGE_MEDIA_TYPES, ImageSpec, decode_base64, decode_image, image_to_array
 from shared.onnx import OnnxModel
-from shared.requests import media_type, parse_json
+from shared.requests import error_responses, media_type, parse_json
 from shared.service import ModelService
 from shared.settings import ServingSettings
 
@@ -55,10 +55,6 @@ class ClassifyService(ModelService[ClassifyRequest, np.ndarray, np.ndarray, dict
         }
 
     def preprocess(self, request: ClassifyRequest) -> np.ndarray:
-        if request.top_k > len(self.labels):
-            raise InvalidParameterError(
-                f"top_k must be between 1 and {len(self.labels)} (the number of labels)"
-            )
         return image_to_array(decode_image(request.image, self.max_pixels), self.spec)
 
     def predict(self, items: list[np.ndarray]) -> list[np.ndarray]:
@@ -68,7 +64,7 @@ class ClassifyService(ModelService[ClassifyRequest, np.ndarray, np.ndarray, dict
     def postprocess(self, output: np.ndarray, request: ClassifyRequest) -> dict[str, Any]:
         shifted = np.exp(output - output.max())
         scores = shifted / shifted.sum()
-        order = np.argsort(-scores, kind="stable")[: request.top_k]
+        order = np.argsort(-scores, kind="stable")[: request.top_k]  # top_k > labels: all
         return {
             "predictions": [{"label": self.labels[i], "score": float(scores[i])} for i in order]
         }
@@ -132,13 +128,7 @@ async def _read_request(request: Request, top_k: int | None) -> ClassifyRequest:
     response_model=ClassifyResponse,
     summary="Classify one image; returns the top-k labels with scores.",
     openapi_extra=_OPENAPI_BODY,
-    responses={
-        400: {"description": "Not a valid image"},
-        413: {"description": "Too large"},
-        415: {"description": "Unsupported content type"},
-        422: {"description": "Invalid parameter"},
-        503: {"description": "Not ready"},
-    },
+    responses=error_responses(400, 401, 413, 415, 422, 503, 504),
 )
 async def classify(
     request: Request,

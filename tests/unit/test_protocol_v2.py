@@ -99,6 +99,14 @@ def test_bad_v2_requests_get_400_with_an_error_body(client: TestClient) -> None:
     assert "NaN" in infer({"inputs": [{**good, "data": [float("nan")] * 192}]})["error"]
     assert "unknown output" in infer({"inputs": [good], "outputs": [{"name": "probs"}]})["error"]
     assert "inputs" in infer({"nothing": 1})["error"]
+    # found by schemathesis: these were 500s
+    assert "parameters" in infer({"inputs": [{**good, "parameters": [1]}]})["error"]
+    assert "over the limit" in infer({"inputs": [{**good, "shape": [2**62] * 3}]})["error"]
+    assert "parameters" in infer({"inputs": [good], "parameters": "binary"})["error"]
+    assert "unknown output" in infer({"inputs": [good], "outputs": [{"name": []}]})["error"]
+    assert "datatype" in infer({"inputs": [{**good, "datatype": {}}]})["error"]
+    negative = {**good, "datatype": "UINT32", "data": [-1] * 192}
+    assert "not UINT32" in infer({"inputs": [negative]})["error"]
     response = client.post(
         "/v2/models/classify/infer", content=b"{", headers={"content-type": "application/json"}
     )
