@@ -10,6 +10,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 .PHONY: help setup tools test lint format demo mlflow serve-classify serve-explain train-classify \
 	export-classify serve-generate train-generate export-generate \
 	train-similarity export-similarity serve-similarity bench-similarity \
+	train-text export-text serve-text bench-text \
 	loadtest loadtest-check train-all export-all k8s image-sizes bench-serve bench-export clean
 
 help:  ## list the targets
@@ -76,6 +77,20 @@ serve-similarity: setup  ## serve models:/similarity@production on 127.0.0.1:800
 
 bench-similarity: setup  ## similarity AUC/EER/recall/mAP, ORT batch-32 throughput, search p50 over HTTP
 	$(PY) -m scripts.bench_similarity $(ARGS)
+
+train-text: setup  ## train text-classify-torch and text-generate-torch @candidate (needs `make mlflow`)
+	$(PY) -m training.text --task classify $(ARGS)
+	$(PY) -m training.text --task generate $(ARGS)
+
+export-text: setup  ## export them to text-classify / text-generate @production
+	$(PY) -m training.export text-classify
+	$(PY) -m training.export text-generate
+
+serve-text: setup  ## serve text-classify + text-generate @production on 127.0.0.1:8005
+	$(PY) -m services.text --port 8005
+
+bench-text: setup  ## tokens/s with/without KV cache (torch, onnx), TTFT, classify fp32 vs int8 at b32
+	$(PY) -m scripts.bench_text --tracking-uri $${MLFLOW_TRACKING_URI:-http://127.0.0.1:5000} --url http://127.0.0.1:8005
 
 serve-explain: setup  ## explain models:/classify@production (Captum) on 127.0.0.1:8003
 	$(PY) -m services.explain --port 8003

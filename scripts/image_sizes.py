@@ -19,8 +19,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGES: dict[str, list[str]] = {
-    "serve-onnx": [f"{ROOT}[serve,similarity,text]"],
-    "serve-torch": [f"{ROOT}[explain,generate]"],
+    "serve-onnx": [f"{ROOT}[serve,similarity]"],
+    "serve-torch": [f"{ROOT}[explain,generate,text]"],
     "train": [f"{ROOT}[train,generate]"],
     "mlflow": ["mlflow", "psycopg2-binary"],
 }

@@ -40,7 +40,7 @@ SERVICES = (
     Service("similarity", 8002, "serve-onnx", "1", "1Gi", 8),
     Service("explain", 8003, "serve-torch", "2", "3Gi", 4),
     Service("generate", 8004, "serve-torch", "2", "4Gi", 4),
-    Service("text", 8005, "serve-onnx", "1", "2Gi", 8),
+    Service("text", 8005, "serve-torch", "1", "2Gi", 8),
 )
 #: the HPA's custom metric (Prometheus adapter): requests waiting for a batch, per pod
 QUEUE_METRIC = "modelplane_queue_depth"

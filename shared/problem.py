@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -10,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from shared.errors import ModelNotReadyError, OverloadedError, ServingError
+from shared.errors import InferenceError, ModelNotReadyError, OverloadedError, ServingError
 
 log = logging.getLogger("modelplane.errors")
 
@@ -39,6 +40,24 @@ def problem(
     if extra:
         body.update(extra)
     return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_JSON)
+
+
+def sse(event: str, data: dict[str, Any]) -> bytes:
+    """One server-sent event."""
+    return f"event: {event}\ndata: {json.dumps(data)}\n\n".encode()
+
+
+def problem_event(exc: ServingError) -> dict[str, Any]:
+    """The problem+json body of an error that ends an SSE stream (5xx internals stay in the log)."""
+    internal = isinstance(exc, InferenceError)
+    detail = "the server failed to handle this request; see the log" if internal else exc.detail
+    return {
+        "type": "about:blank",
+        "title": exc.title,
+        "status": exc.status,
+        "code": exc.code,
+        "detail": detail,
+    }
 
 
 def _validation_detail(exc: RequestValidationError) -> tuple[str, list[dict[str, Any]]]:

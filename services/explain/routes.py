@@ -18,18 +18,12 @@ from services.explain.schemas import (
     ModelRef,
 )
 from shared.app import RuntimeDep
-from shared.requests import json_body, read_json
+from shared.requests import error_responses, json_body, read_json
 from shared.service import LoadedModel, ModelRuntime
 
 router = APIRouter(tags=["explain"])
 
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {"description": "Not a valid image or base64"},
-    413: {"description": "Too large"},
-    415: {"description": "Not application/json"},
-    422: {"description": "A parameter out of its bounds (the detail names the bound)"},
-    503: {"description": "Not ready, or the queue is full"},
-}
+_ERRORS = error_responses(400, 401, 413, 415, 422, 503, 504)
 
 
 def _ref(model: LoadedModel) -> ModelRef:

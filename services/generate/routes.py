@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -16,9 +15,9 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from services.generate.schemas import GenerateRequest, GenerateResponse
 from shared.app import RuntimeDep
 from shared.errors import (
-    InferenceError,
     ServingError,
 )
+from shared.problem import problem_event, sse
 from shared.requests import json_body, read_json
 from shared.service import LoadedModel, ModelRuntime
 
@@ -41,24 +40,6 @@ def response_body(output: dict[str, Any], model: LoadedModel, started: float) ->
         **output,
         "model": model.info(),
         "timing_ms": {k: round(v, 2) for k, v in timing.items()},
-    }
-
-
-def sse(event: str, data: dict[str, Any]) -> bytes:
-    """One server-sent event."""
-    return f"event: {event}\ndata: {json.dumps(data)}\n\n".encode()
-
-
-def problem_event(exc: ServingError) -> dict[str, Any]:
-    """The problem+json body of an error that ends a stream (5xx internals stay in the log)."""
-    internal = isinstance(exc, InferenceError)
-    detail = "the server failed to handle this request; see the log" if internal else exc.detail
-    return {
-        "type": "about:blank",
-        "title": exc.title,
-        "status": exc.status,
-        "code": exc.code,
-        "detail": detail,
     }
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter, Request
 
 from services.similarity.schemas import (
@@ -24,17 +22,11 @@ from services.similarity.schemas import (
 )
 from shared.app import RuntimeDep
 from shared.media import decode_base64
-from shared.requests import json_body, read_json
+from shared.requests import error_responses, json_body, read_json
 
 router = APIRouter(tags=["similarity"])
 
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {"description": "Not valid base64 or not a PNG/JPEG image"},
-    413: {"description": "Too large"},
-    415: {"description": "Not application/json"},
-    422: {"description": "Invalid parameter (k, counts, lengths)"},
-    503: {"description": "Not ready or overloaded"},
-}
+_ERRORS = error_responses(400, 401, 413, 415, 422, 503, 504)
 
 
 def _images(encoded: list[str], field: str) -> list[bytes]:

@@ -1,0 +1,79 @@
+"""Text metrics and the attention-map picture, shared by the training job, benchmark and service.
+
+Generation quality is BLEU and chrF (sacrebleu) and ROUGE-L F1 (an LCS over whitespace tokens,
+computed here: rouge-score would pull nltk and absl into the environment for one formula).
+The attention PNG is drawn with Pillow only, so the service draws it without matplotlib.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from shared.media import encode_png
+
+CELL_PX = 18
+LABEL_PX = 90
+
+
+def rouge_l(hypothesis: str, reference: str) -> float:
+    """ROUGE-L F1 of one pair: longest common subsequence of lower-cased word tokens."""
+    hyp, ref = hypothesis.lower().split(), reference.lower().split()
+    if not hyp or not ref:
+        return 0.0
+    previous = [0] * (len(ref) + 1)
+    for word in hyp:
+        current = [0]
+        for j, other in enumerate(ref):
+            current.append(previous[j] + 1 if word == other else max(previous[j + 1], current[j]))
+        previous = current
+    lcs = previous[-1]
+    if lcs == 0:
+        return 0.0
+    precision, recall = lcs / len(hyp), lcs / len(ref)
+    return 2 * precision * recall / (precision + recall)
+
+
+def generation_scores(hypotheses: Sequence[str], references: Sequence[str]) -> dict[str, float]:
+    """Corpus BLEU and chrF, mean ROUGE-L F1 (x100, like BLEU)."""
+    import sacrebleu
+
+    return {
+        "bleu": float(sacrebleu.corpus_bleu(list(hypotheses), [list(references)]).score),
+        "chrf": float(sacrebleu.corpus_chrf(list(hypotheses), [list(references)]).score),
+        "rouge_l": 100
+        * float(np.mean([rouge_l(h, r) for h, r in zip(hypotheses, references, strict=True)])),
+    }
+
+
+def attention_png(weights: np.ndarray, queries: Sequence[str], keys: Sequence[str]) -> bytes:
+    """A (queries x keys) attention matrix as a labelled heat map (dark = low, yellow = high)."""
+    weights = np.asarray(weights, dtype=np.float32)
+    rows, cols = weights.shape
+    peak = float(weights.max()) or 1.0
+    level = np.clip(weights / peak, 0, 1)
+    # a simple dark-blue → yellow ramp; no colormap library needed
+    rgb = np.stack([level * 250, 40 + level * 200, 120 * (1 - level) + 20], axis=-1)
+    heat = Image.fromarray(rgb.astype(np.uint8)).resize(
+        (cols * CELL_PX, rows * CELL_PX), Image.Resampling.NEAREST
+    )
+    canvas = Image.new("RGB", (LABEL_PX + cols * CELL_PX, LABEL_PX + rows * CELL_PX), "white")
+    canvas.paste(heat, (LABEL_PX, LABEL_PX))
+    draw = ImageDraw.Draw(canvas)
+    for i, token in enumerate(queries):
+        draw.text((2, LABEL_PX + i * CELL_PX + 3), _label(token), fill="black")
+    column = Image.new("RGB", (LABEL_PX, CELL_PX), "white")
+    for j, token in enumerate(keys):
+        tile = column.copy()
+        ImageDraw.Draw(tile).text((2, 3), _label(token), fill="black")
+        canvas.paste(tile.rotate(90, expand=True), (LABEL_PX + j * CELL_PX, 0))
+    return encode_png(canvas)
+
+
+def _label(token: str) -> str:
+    """Token text a bitmap font can draw: byte-level markers made readable, at most 12 chars."""
+    text = token.replace("Ġ", "_").replace("Ċ", "\\n")
+    text = text.encode("ascii", "replace").decode()
+    return text[:12]
