@@ -10,6 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from shared.errors import InferenceError, ModelNotReadyError, OverloadedError, ServingError
 
@@ -69,6 +70,21 @@ def _validation_detail(exc: RequestValidationError) -> tuple[str, list[dict[str,
     return summary, errors
 
 
+_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route of the app fully matches at this request's path."""
+    return [
+        method
+        for method in _METHODS
+        if any(
+            route.matches({**request.scope, "method": method})[0] == Match.FULL
+            for route in request.app.routes
+        )
+    ]
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Render every error as problem+json; 5xx bodies reveal nothing internal."""
 
@@ -99,13 +115,11 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:  # Starlette names only the first matching route's methods
+            headers["Allow"] = ", ".join(_allowed_methods(request))
         return problem(
-            exc.status_code,
-            str(exc.detail),
-            str(exc.detail),
-            "http_error",
-            request,
-            headers=dict(exc.headers or {}),
+            exc.status_code, str(exc.detail), str(exc.detail), "http_error", request, headers
         )
 
     async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -11,17 +11,26 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
+from tests import tinymodels, tinysimilarity
 from tests.procs import BIN, free_port, running, wait_http
-from tests.tinymodels import seed_cache
 from tests.unit.conftest import DEAD_REGISTRY
 
 EXAMPLES = 200
+#: service → how to place a tiny verified bundle in its cache (served without a registry)
+SEEDERS: dict[str, Callable[[Path], object]] = {
+    "classify": tinymodels.seed_cache,
+    "similarity": tinysimilarity.seed_cache,
+}
 
 
-def test_classify_survives_schemathesis(tmp_path: Path) -> None:
-    seed_cache(tmp_path / "cache")
+@pytest.mark.parametrize("service", sorted(SEEDERS))
+def test_service_survives_schemathesis(service: str, tmp_path: Path) -> None:
+    SEEDERS[service](tmp_path / "cache")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {
@@ -30,7 +39,7 @@ def test_classify_survives_schemathesis(tmp_path: Path) -> None:
         "ONNX_INTRA_OP_THREADS": "1",
         "LOG_LEVEL": "WARNING",
     }
-    cmd = [sys.executable, "-m", "services.classify", "--port", str(port)]
+    cmd = [sys.executable, "-m", f"services.{service}", "--port", str(port)]
     with running(cmd, tmp_path / "service.log", env) as proc:
         wait_http(f"{url}/readyz", proc, tmp_path / "service.log")
         result = subprocess.run(

@@ -243,3 +243,13 @@ def test_gallery_additions_need_the_token_when_auth_is_on(cache: Path) -> None:
         assert client.get("/v1/similarity/gallery", headers=auth).json()["size"] == 40
         added = client.post("/v1/similarity/gallery", json=body, headers=auth)
         assert added.status_code == 200 and added.json()["size"] == 41
+
+
+def test_a_wrong_method_lists_every_method_of_the_path(cache: Path) -> None:
+    """GET and POST /v1/similarity/gallery are two routes; 405's Allow names both (schemathesis
+    found Starlette naming only the first)."""
+    with serving(cache) as client:
+        answer = client.request("DELETE", "/v1/similarity/gallery")
+        assert answer.status_code == 405
+        assert answer.headers["allow"] == "GET, POST"
+        assert answer.headers["content-type"] == "application/problem+json"
