@@ -22,8 +22,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from shared.errors import BundleError, RegistryError
-from shared.registry import configure_client, fetch, register
+from shared.errors import BundleError
+from shared.registry import register
+from training.export import fetch_source
 from training.export.evaluate import Timing
 from training.export.finetune import FineTune
 from training.export.gates import Gates
@@ -164,14 +165,10 @@ def main(argv: list[str] | None = None) -> int:
     from shared.settings import available_cores
     from training.export.run import Export
 
-    configure_client(args.tracking_uri, timeout_s=30, max_retries=3)
     source_uri = args.source or f"models:/{args.task}-torch@candidate"
     name = args.name or args.task
-    say(f"fetching {source_uri} from {args.tracking_uri}")
-    try:
-        fetched = fetch(source_uri, args.cache_dir)
-    except (RegistryError, BundleError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    fetched = fetch_source(args.tracking_uri, source_uri, args.cache_dir)
+    if fetched is None:
         return 2
     threads = args.threads or available_cores()
     checkpoints = args.checkpoint_dir / f"{fetched.name}-v{fetched.version}"

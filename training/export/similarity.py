@@ -29,7 +29,8 @@ import numpy as np
 from shared.bundle import Bundle
 from shared.errors import BundleError, RegistryError
 from shared.onnx import OnnxModel
-from shared.registry import FetchedModel, configure_client, fetch, register
+from shared.registry import FetchedModel, register
+from training.export import fetch_source
 from training.export.similarity_bundle import HeldOut, Variant, run_encoder, write_bundle
 
 GALLERY_SOURCES = ("train", "train+val", "none")
@@ -180,10 +181,10 @@ def main(argv: list[str]) -> int:
 
     args.threads = args.threads or available_cores()
     torch.set_num_threads(args.threads)
-    configure_client(args.tracking_uri, timeout_s=30, max_retries=3)
-    say(f"fetching {args.source} from {args.tracking_uri}")
+    fetched = fetch_source(args.tracking_uri, args.source, args.cache_dir)
+    if fetched is None:
+        return 2
     try:
-        fetched = fetch(args.source, args.cache_dir)
         data = load_data(fetched.bundle, args.gallery)
     except (RegistryError, BundleError) as exc:
         print(f"error: {exc}", file=sys.stderr)

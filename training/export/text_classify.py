@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
@@ -21,12 +20,12 @@ import numpy as np
 import torch
 
 from shared.bundle import Bundle
-from shared.errors import BundleError, RegistryError
+from shared.errors import BundleError
 from shared.onnx import OnnxModel
-from shared.registry import FetchedModel, configure_client, fetch, register
+from shared.registry import FetchedModel, register
 from shared.settings import available_cores
 from training import text_data, tracking
-from training.export import report, writer
+from training.export import fetch_source, report, writer
 from training.export.evaluate import Figures, Timing, quality, timings
 from training.export.gates import Gates, fastest, judge
 from training.export.onnx import parity, torch_logits
@@ -166,11 +165,8 @@ def main(argv: list[str]) -> int:
 
     args = parse_args(argv)
     torch.set_num_threads(args.threads or available_cores())
-    configure_client(args.tracking_uri, timeout_s=30, max_retries=3)
-    try:
-        fetched = fetch(args.source, args.cache_dir)
-    except (RegistryError, BundleError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    fetched = fetch_source(args.tracking_uri, args.source, args.cache_dir)
+    if fetched is None:
         return 2
     mlflow.set_experiment("export-text-classify")
     with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_name=f"export {args.name}"):

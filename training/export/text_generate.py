@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -24,10 +23,11 @@ from typing import Any
 import torch
 
 from shared.bundle import MANIFEST, open_bundle, write_manifest
-from shared.errors import BundleError, RegistryError
-from shared.registry import FetchedModel, configure_client, fetch, register
+from shared.errors import BundleError
+from shared.registry import FetchedModel, register
 from shared.settings import available_cores
 from training import text_data
+from training.export import fetch_source
 from training.models.decoding import (
     CHECKS,
     GREEDY,
@@ -164,11 +164,8 @@ def main(argv: list[str]) -> int:
 
     args = parse_args(argv)
     torch.set_num_threads(args.threads or available_cores())
-    configure_client(args.tracking_uri, timeout_s=30, max_retries=3)
-    try:
-        fetched = fetch(args.source, args.cache_dir)
-    except (RegistryError, BundleError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    fetched = fetch_source(args.tracking_uri, args.source, args.cache_dir)
+    if fetched is None:
         return 2
     mlflow.set_experiment("export-text-generate")
     with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_name=f"export {args.name}"):
