@@ -9,14 +9,16 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+T = TypeVar("T")
 
 
 def free_port() -> int:
@@ -25,19 +27,39 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def poll_until(
+    condition: Callable[[], T | None], timeout_s: float, what: str, interval_s: float = 0.05
+) -> T:
+    """Call `condition` until it returns something truthy and return that; fail after
+    `timeout_s` saying `what` was awaited. The one polling loop of the tests."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not after {timeout_s}s")
+        time.sleep(interval_s)
+
+
+def readyz_saying(url: str, text: str) -> httpx.Response | None:
+    """`url`/readyz's answer when it mentions `text` (a load error being reported), else None."""
+    answer = httpx.get(f"{url}/readyz", timeout=5)
+    return answer if text in answer.text else None
+
+
 def wait_http(url: str, proc: subprocess.Popen[bytes], log: Path, timeout_s: float = 90) -> None:
     """Poll `url` until it answers 200; fail early (with the log) if the process dies."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+
+    def answered() -> bool:
         if proc.poll() is not None:
             raise AssertionError(f"process exited with {proc.returncode}:\n{tail(log)}")
         try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
+            return httpx.get(url, timeout=2).status_code == 200
         except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"{url} not ready after {timeout_s}s:\n{tail(log)}")
+            return False
+
+    poll_until(answered, timeout_s, f"{url} ready\n{tail(log)}")
 
 
 def tail(log: Path, lines: int = 40) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import shutil
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +16,15 @@ from mlflow.tracking import MlflowClient
 
 from shared.media import ImageSpec, encode_png, gray_to_image
 from shared.registry import configure_client, fetch
-from tests.procs import free_port, run_module, running, tail, wait_http
+from tests.procs import (
+    free_port,
+    poll_until,
+    readyz_saying,
+    run_module,
+    running,
+    tail,
+    wait_http,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -198,12 +205,11 @@ def test_tampered_cached_artifact_is_refused(exported: Exported) -> None:
     cmd = [sys.executable, "-m", "services.classify", "--port", str(port)]
     with running(cmd, log, env) as proc:
         wait_http(f"http://127.0.0.1:{port}/livez", proc, log)
-        readyz = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5)
-        for _ in range(100):  # the first load attempt runs right after start
-            if "checksum mismatch" in readyz.text:
-                break
-            time.sleep(0.1)
-            readyz = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5)
+        readyz = poll_until(  # the first load attempt runs right after start
+            lambda: readyz_saying(f"http://127.0.0.1:{port}", "checksum mismatch"),
+            10,
+            "the load failure reported",
+        )
         assert readyz.status_code == 503
         assert "checksum mismatch for 'model.onnx'" in readyz.json()["detail"]
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shutil
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,15 @@ from shared.errors import BundleError
 from shared.media import ImageSpec
 from shared.onnx import OnnxModel
 from shared.registry import configure_client, fetch
-from tests.procs import free_port, run_module, running, tail, wait_http
+from tests.procs import (
+    free_port,
+    poll_until,
+    readyz_saying,
+    run_module,
+    running,
+    tail,
+    wait_http,
+)
 from training.data import load_test_set
 from training.models.classify import load_torch_bundle
 
@@ -222,12 +229,11 @@ def test_service_serves_a_non_default_variant_and_reports_it(exported: Exported)
 
 def test_unknown_variant_is_a_startup_error_that_lists_the_variants(exported: Exported) -> None:
     for url, log, _ in serve(exported, "int4"):
-        readyz = httpx.get(f"{url}/readyz", timeout=5)
-        for _ in range(100):  # the first load attempt runs right after start
-            if "variant 'int4'" in readyz.text:
-                break
-            time.sleep(0.1)
-            readyz = httpx.get(f"{url}/readyz", timeout=5)
+        readyz = poll_until(  # the first load attempt runs right after start
+            lambda u=url: readyz_saying(u, "variant 'int4'"),
+            10,
+            "the unknown-variant error reported",
+        )
         assert readyz.status_code == 503, tail(log)
         detail = readyz.json()["detail"]
         assert "variant 'int4' is not in bundle 'exp'; it has: " in detail

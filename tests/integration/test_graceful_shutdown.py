@@ -6,12 +6,11 @@ from __future__ import annotations
 import signal
 import sys
 import threading
-import time
 from pathlib import Path
 
 import httpx
 
-from tests.procs import free_port, running, wait_http
+from tests.procs import free_port, poll_until, running, wait_http
 from tests.tinydiffusion import tiny_stable_diffusion
 from tests.unit.conftest import DEAD_REGISTRY
 
@@ -31,9 +30,7 @@ def test_sigterm_lets_the_request_in_flight_finish(tmp_path: Path) -> None:
     with running(cmd, log, env) as proc:
         wait_http(f"{url}/readyz", proc, log, timeout_s=120)
         request = {"prompt": "a cat", "width": 32, "height": 32, "steps": 40, "seed": 1}
-        started = time.monotonic()
         httpx.post(f"{url}/v1/generate", json={**request, "steps": 2}, timeout=60)  # warm
-        one_step = (time.monotonic() - started) / 2
         answers: list[httpx.Response] = []
         slow = threading.Thread(
             target=lambda: answers.append(
@@ -41,14 +38,23 @@ def test_sigterm_lets_the_request_in_flight_finish(tmp_path: Path) -> None:
             )
         )
         slow.start()
-        time.sleep(max(0.3, 5 * one_step))  # the generation is under way
+        poll_until(  # the warm-up was batch 1: the second batch is this generation, under way
+            lambda: (
+                'modelplane_batch_size_count{service="generate"} 2.0'
+                in httpx.get(f"{url}/metrics", timeout=5).text
+            ),
+            30,
+            "the generation started",
+        )
         proc.send_signal(signal.SIGTERM)
-        time.sleep(0.3)
-        try:
-            late = httpx.get(f"{url}/readyz", timeout=2).status_code
-        except httpx.HTTPError:
-            late = None  # refused: the listening socket is closed
-        assert late in (None, 503), late
+
+        def no_longer_ready() -> bool:
+            try:
+                return httpx.get(f"{url}/readyz", timeout=2).status_code == 503
+            except httpx.HTTPError:
+                return True  # refused: the listening socket is closed
+
+        poll_until(no_longer_ready, 5, "readiness withdrawn after SIGTERM")
         slow.join(timeout=60)
         assert answers and answers[0].status_code == 200, answers[0].text if answers else "none"
         assert len(answers[0].json()["images"]) == 1

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import sys
 import threading
-import time
 from pathlib import Path
 
 import httpx
@@ -16,7 +15,7 @@ from mlflow.tracking import MlflowClient
 
 from shared.bundle import read_manifest, write_manifest
 from shared.registry import configure_client, register
-from tests.procs import free_port, running, wait_http
+from tests.procs import free_port, poll_until, running, wait_http
 from tests.tinymodels import write_tiny_bundle
 from tests.unit.conftest import png_bytes
 
@@ -53,12 +52,19 @@ class Load:
 
 
 def wait_for_version(url: str, version: str, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if httpx.get(f"{url}/v1/model", timeout=5).json()["version"] == version:
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"still not serving version {version} after {timeout_s}s")
+    poll_until(
+        lambda: httpx.get(f"{url}/v1/model", timeout=5).json()["version"] == version,
+        timeout_s,
+        f"serving version {version}",
+    )
+
+
+def load_failures(url: str) -> float:
+    """modelplane_model_load_failures_total of the service at `url`."""
+    for line in httpx.get(f"{url}/metrics").text.splitlines():
+        if line.startswith("modelplane_model_load_failures_total{"):
+            return float(line.split()[-1])
+    return 0.0
 
 
 def broken_bundle(directory: Path) -> Path:
@@ -92,13 +98,14 @@ def test_alias_move_under_load_swaps_without_a_failed_request(
     with running(cmd, tmp_path / "service.log", env) as proc:
         wait_http(f"{url}/readyz", proc, tmp_path / "service.log")
         with Load(url) as load:
-            time.sleep(0.5)
+            poll_until(lambda: len(load.answers) >= 10, 30, "answers from version 1")
             with mlflow.start_run():
                 v2 = register(
                     write_tiny_bundle(tmp_path / "v2", name=NAME, seed=2), NAME, alias="production"
                 )
             wait_for_version(url, v2)
-            time.sleep(0.5)
+            served = len(load.answers)
+            poll_until(lambda: len(load.answers) >= served + 10, 30, "answers after the switch")
         statuses = {status for status, _ in load.answers}
         versions = [version for _, version in load.answers]
         assert statuses == {200}, f"failed requests across the swap: {statuses}"
@@ -115,14 +122,7 @@ def test_alias_move_under_load_swaps_without_a_failed_request(
             v3 = register(broken_bundle(tmp_path / "v3"), NAME, alias="production")
         client = MlflowClient(tracking_uri=mlflow_server, registry_uri=mlflow_server)
         assert client.get_model_version_by_alias(NAME, "production").version == v3
-        deadline = time.monotonic() + 30
-        failures = 0.0
-        while time.monotonic() < deadline and failures < 1:
-            for line in httpx.get(f"{url}/metrics").text.splitlines():
-                if line.startswith("modelplane_model_load_failures_total{"):
-                    failures = float(line.split()[-1])
-            time.sleep(0.2)
-        assert failures >= 1, "the broken version was never tried"
+        poll_until(lambda: load_failures(url) >= 1, 30, "the broken version tried")
         assert httpx.get(f"{url}/v1/model").json()["version"] == v2  # the old one still serves
         answer = httpx.post(
             f"{url}/v1/classify",
