@@ -9,13 +9,15 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest, start_http_server
 
+from shared.admission import Admission
 from shared.errors import ModelNotReadyError, UnauthorizedError
 from shared.metrics import Metrics
 from shared.middleware import ServingMiddleware
@@ -123,19 +125,34 @@ def create_app(
         ServingMiddleware,
         metrics=metrics,
         max_body_bytes=settings.max_body_bytes,
+        admission=Admission(
+            settings.max_in_flight, settings.rate_limit_rps, settings.rate_limit_burst
+        ),
         model_version=lambda: runtime.current.version if runtime.current else None,
     )
     _add_docs(app)
     _add_health(app, runtime, metrics)
     protected = protection(settings)
-    app.include_router(service.router, dependencies=protected)  # type: ignore[attr-defined]
+    routers = [service.router]  # type: ignore[attr-defined]
     if service.supports_tensors:  # type: ignore[attr-defined]
         from shared.protocol_v2 import build_router
 
-        app.include_router(build_router(), dependencies=protected)
+        routers.append(build_router())
+    for router in routers:
+        app.include_router(_document_refusals(router), dependencies=protected)
     if tracing_requested():
         app.state.tracer_provider = instrument(app, name)
     return app
+
+
+def _document_refusals(router: APIRouter) -> APIRouter:
+    """Any work route can be refused before it runs (body too large, rate limit, in-flight cap,
+    not ready): every one says so in its OpenAPI responses, whatever its service declared."""
+    for route in router.routes:
+        if isinstance(route, APIRoute) and route.methods - {"GET", "HEAD", "OPTIONS"}:
+            for code, spec in error_responses(413, 429, 503).items():
+                route.responses.setdefault(code, spec)
+    return router
 
 
 def _add_health(app: FastAPI, runtime: ModelRuntime, metrics: Metrics) -> None:
@@ -188,6 +205,12 @@ def _add_health(app: FastAPI, runtime: ModelRuntime, metrics: Metrics) -> None:
                     "max_batch_size": runtime.batch_config.max_batch_size,
                     "max_delay_ms": runtime.batch_config.max_delay_ms,
                     "max_queue": runtime.batch_config.max_queue,
+                },
+                "limits": {
+                    "max_in_flight": runtime.settings.max_in_flight,
+                    "rate_limit_rps": runtime.settings.rate_limit_rps,
+                    "max_body_bytes": runtime.settings.max_body_bytes,
+                    "request_timeout_s": runtime.settings.request_timeout_s,
                 },
                 "threads": {
                     "cores": available_cores(),

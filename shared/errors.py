@@ -70,3 +70,13 @@ class DeadlineExceededError(ServingError):
 
 class InferenceError(ServingError):
     status, code, title = 500, "inference_failed", "Internal Server Error"
+
+
+class RateLimitedError(ServingError):
+    status, code, title = 429, "rate_limited", "Too Many Requests"
+
+    def __init__(self, retry_after_s: int) -> None:
+        super().__init__(
+            f"this client is over its request rate; retry in {retry_after_s} s",
+            headers={"Retry-After": str(retry_after_s)},
+        )

@@ -93,7 +93,8 @@ class Metrics:
         )
         self.rejections = Counter(
             "modelplane_rejections_total",
-            "Requests refused before inference, by reason (queue_full, deadline).",
+            "Requests refused before inference, by reason (queue_full, deadline, in_flight, "
+            "rate_limit).",
             ["service", "reason"],
             registry=self.registry,
         )
@@ -106,7 +107,7 @@ class Metrics:
         self.ready.labels(service).set(0)
         self.model_load_failures.labels(service)
         self.queue_depth.labels(service).set(0)
-        for reason in ("queue_full", "deadline"):
+        for reason in ("queue_full", "deadline", "in_flight", "rate_limit"):
             self.rejections.labels(service, reason)
 
     def set_model(self, name: str, version: str, variant: str) -> None:

@@ -1,4 +1,4 @@
-"""ASGI middleware: request id, body size limit, per-route metrics and access log."""
+"""ASGI middleware: request id, admission, body size limit, per-route metrics, access log."""
 
 from __future__ import annotations
 
@@ -9,28 +9,33 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from shared.admission import Admission, is_work
 from shared.errors import PayloadTooLargeError
 from shared.metrics import Metrics
+from shared.problem import problem
 
 access_log = logging.getLogger("modelplane.access")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._\-]{1,64}$")
 
 
 class ServingMiddleware:
-    """Assigns a request id, caps the body, and records every request in the metrics."""
+    """Assigns a request id, admits or refuses work, caps the body, records every request."""
 
     def __init__(
         self,
         app: ASGIApp,
         metrics: Metrics,
         max_body_bytes: int,
+        admission: Admission | None = None,
         model_version: Callable[[], str | None] = lambda: None,
     ) -> None:
         self.app = app
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
+        self.admission = admission or Admission(0, 0.0, 0)
         self.model_version = model_version  # the version serving now, for the access log
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -51,9 +56,24 @@ class ServingMiddleware:
                 message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
             await send(message)
 
-        limited = _limit_body(receive, headers, self.max_body_bytes)
+        work = is_work(scope)
+        refused = self.admission.enter(scope) if work else None
         try:
-            await self.app(scope, limited, send_with_id)
+            if refused is not None:
+                reason, error = refused
+                self.metrics.rejections.labels(self.metrics.service, reason).inc()
+                request = Request(scope)
+                answer = problem(
+                    error.status, error.title, error.detail, error.code, request, error.headers
+                )
+                await answer(scope, receive, send_with_id)
+                return
+            limited = _limit_body(receive, headers, self.max_body_bytes)
+            try:
+                await self.app(scope, limited, send_with_id)
+            finally:
+                if work:
+                    self.admission.leave()
         finally:
             self._record(scope, status["code"], time.perf_counter() - started, request_id)
 

@@ -5,11 +5,19 @@ from __future__ import annotations
 from typing import Any, TypeVar
 
 from fastapi import Request
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from shared.errors import InvalidParameterError, UnsupportedMediaTypeError
 
 BodyT = TypeVar("BodyT", bound=BaseModel)
+
+
+class RequestBody(BaseModel):
+    """Base of every JSON request body: unknown fields are refused (a misspelt option is an
+    error, not silently ignored) and so are NaN and infinite numbers (JSON has none, but
+    Python's and pydantic's parsers accept `NaN`, `Infinity` and 1e999)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 def media_type(request: Request) -> str:
@@ -52,7 +60,8 @@ _DESCRIPTIONS = {
     413: "Body or image over its limit",
     415: "Unsupported content type",
     422: "A parameter out of its bounds (the detail names it)",
-    503: "Not ready, or the queue is full (Retry-After)",
+    429: "This client is over its rate limit (Retry-After)",
+    503: "Not ready, or at capacity: queue full or too many requests in flight (Retry-After)",
     504: "The request waited past its deadline",
 }
 

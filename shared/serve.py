@@ -48,12 +48,73 @@ def run(service: Any, default_port: int, argv: list[str] | None = None) -> int:
         app,
         **where,
         workers=1,
+        http=header_deadline_protocol(settings.header_timeout_s),
         log_config=None,
         timeout_keep_alive=5,
         timeout_graceful_shutdown=10,
         access_log=False,
     )
     return 0
+
+
+class _HeaderDeadline:
+    """Mixin for a uvicorn HTTP protocol: a connection that has not sent a complete request head
+    within `header_timeout_s` of connecting (or of its previous response) is closed.
+
+    Uvicorn has no such timer of its own, and any byte received cancels its keep-alive timer,
+    so without this a client dribbling one header byte at a time holds a connection open for
+    ever (slowloris). A request counts as started once the parser has begun a new
+    request/response cycle (`self.cycle` changes), which happens exactly when its headers end."""
+
+    header_timeout_s: float
+    cycle: Any
+    loop: Any
+    transport: Any
+
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)  # type: ignore[misc]
+        self._deadline: Any = None
+        self._arm()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)  # type: ignore[misc]
+        if self._deadline is not None and self.cycle is not self._waiting_for:
+            self._disarm()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()  # type: ignore[misc]
+        if not self.transport.is_closing():
+            self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)  # type: ignore[misc]
+
+    def _arm(self) -> None:
+        self._disarm()
+        self._waiting_for = self.cycle  # headers have arrived once this has been replaced
+        self._deadline = self.loop.call_later(self.header_timeout_s, self._expire)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _expire(self) -> None:
+        self._deadline = None
+        cycle = self.cycle
+        idle = cycle is None or (cycle is self._waiting_for and cycle.response_complete)
+        if idle and not self.transport.is_closing():
+            self.transport.close()
+
+
+def header_deadline_protocol(timeout_s: float) -> type:
+    """uvicorn's HTTP protocol class (httptools when installed, else h11) with the deadline."""
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as base
+    except ImportError:  # pragma: no cover - httptools is part of the serve extra
+        from uvicorn.protocols.http.h11_impl import H11Protocol as base  # type: ignore[assignment]
+    return type("HeaderDeadlineProtocol", (_HeaderDeadline, base), {"header_timeout_s": timeout_s})
 
 
 def _reuse_port_socket(host: str, port: int) -> socket.socket:

@@ -64,6 +64,28 @@ class ServingSettings(BaseSettings):
     request_timeout_s: float = Field(
         10.0, gt=0, le=3600, description="Deadline of a request; expired before inference: 504."
     )
+    max_in_flight: int = Field(
+        512,
+        ge=0,
+        description="Work requests (POST to /v1, /v2) handled at once; beyond: 503 with "
+        "Retry-After (0: no cap).",
+    )
+    rate_limit_rps: float = Field(
+        0.0,
+        ge=0,
+        description="Work requests per second per client (bearer token, else IP); beyond: 429 "
+        "with Retry-After (0: no limit).",
+    )
+    rate_limit_burst: int = Field(
+        0, ge=0, description="Requests a client may send at once (0: one second's worth)."
+    )
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=600,
+        description="A connection must send a request's complete headers within this (slow "
+        "clients, slowloris), measured from connect or from the previous response.",
+    )
     max_body_bytes: int = Field(
         8 * 1024 * 1024, ge=1024, description="Largest accepted request body; larger is a 413."
     )
