@@ -39,6 +39,9 @@ DATATYPES: dict[str, np.dtype[Any]] = {
 }
 _BY_DTYPE = {dtype.name: name for name, dtype in DATATYPES.items()}
 _MAX_ELEMENTS = 64 * 1024 * 1024
+#: numpy kinds of JSON `data` accepted per target kind: no strings as numbers, no silent
+#: truncation of 1.5 into an INT64, no true/false as numbers
+_JSON_KINDS = {"b": "b", "i": "iu", "u": "iu", "f": "iuf"}
 
 
 def v2_datatype(dtype: str) -> str:
@@ -113,20 +116,34 @@ def _decode_input(raw: dict[str, Any], binary: memoryview, offset: int) -> tuple
             )
         if offset + size > len(binary):
             raise ProtocolError(f"input {name!r}: the body ends before its binary data")
-        array = np.frombuffer(binary[offset : offset + size], dtype=dtype).reshape(shape)
-        return array.copy(), offset + size
+        array = np.frombuffer(binary[offset : offset + size], dtype=dtype).reshape(shape).copy()
+        offset += size
+    else:
+        array = _json_data(raw, f"input {name!r}", datatype, count).reshape(shape)
+    if dtype.kind == "f" and not np.all(np.isfinite(array)):  # binary data too: bits can be NaN
+        raise ProtocolError(f"input {name!r}: NaN and infinite values are not accepted")
+    return array, offset
+
+
+def _json_data(raw: dict[str, Any], where: str, datatype: str, count: int) -> np.ndarray:
+    """An input's row-major JSON `data` as an array of its datatype with `count` values."""
     data = raw.get("data")
     if data is None:
-        raise ProtocolError(f"input {name!r} has neither data nor binary_data_size")
+        raise ProtocolError(f"{where} has neither data nor binary_data_size")
+    dtype = DATATYPES[datatype]
     try:
-        array = np.asarray(data, dtype=dtype)
+        given = np.asarray(data)  # what the JSON holds, before any conversion
+        if given.size and given.dtype.kind not in _JSON_KINDS[dtype.kind]:
+            raise TypeError(f"{given.dtype.name} values (JSON numbers of the right kind needed)")
+        with np.errstate(over="ignore"):  # 1e300 as FP32 is inf, refused below as not finite
+            array = given.astype(dtype)
+        if dtype.kind in "iu" and not np.array_equal(array, given):  # wrapped around
+            raise OverflowError(f"values outside the range of {datatype}")
     except (TypeError, ValueError, OverflowError) as exc:
-        raise ProtocolError(f"input {name!r}: data is not {datatype}: {exc}") from exc
+        raise ProtocolError(f"{where}: data is not {datatype}: {exc}") from exc
     if array.size != count:
-        raise ProtocolError(f"input {name!r}: {array.size} values for shape {shape}")
-    if dtype.kind == "f" and not np.all(np.isfinite(array)):
-        raise ProtocolError(f"input {name!r}: NaN and infinite values are not accepted")
-    return array.reshape(shape), offset
+        raise ProtocolError(f"{where}: {array.size} values for shape {raw['shape']}")
+    return array
 
 
 def _check_spec(array: np.ndarray, spec: TensorSpec) -> None:
@@ -150,6 +167,8 @@ def _parse_inputs(
     offset = 0
     for raw in header["inputs"]:
         array, offset = _decode_input(raw, binary, offset)
+        if raw["name"] in arrays:
+            raise ProtocolError(f"input {raw['name']!r} is given twice")
         arrays[raw["name"]] = array
     if offset != len(binary):
         raise ProtocolError(f"{len(binary) - offset} bytes of binary data belong to no input")

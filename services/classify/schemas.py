@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, Field
 
+from shared.requests import RequestBody
+
 
 class ModelRef(BaseModel):
     """Which model answered: registered name, version and variant."""
@@ -15,7 +17,7 @@ class ModelRef(BaseModel):
     variant: str
 
 
-class ClassifyJSONRequest(BaseModel):
+class ClassifyJSONRequest(RequestBody):
     """JSON form of a classify request."""
 
     image: str = Field(

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, Field, model_validator
 
+from shared.requests import RequestBody
+
 MAX_IMAGES = 64  # images per embed / gallery request: one request never monopolizes a batch
 MAX_K = 100
 _IMAGE = Field(
@@ -24,23 +26,23 @@ class ModelRef(BaseModel):
     variant: str
 
 
-class EmbedBody(BaseModel):
+class EmbedBody(RequestBody):
     images: list[str] = Field(
         ..., min_length=1, max_length=MAX_IMAGES, description="Base64 PNG/JPEG images."
     )
 
 
-class CompareBody(BaseModel):
+class CompareBody(RequestBody):
     image_a: str = _IMAGE
     image_b: str = _IMAGE
 
 
-class SearchBody(BaseModel):
+class SearchBody(RequestBody):
     image: str = _IMAGE
     k: int = Field(5, ge=1, le=MAX_K, description="How many gallery matches to return.")
 
 
-class GalleryAddBody(BaseModel):
+class GalleryAddBody(RequestBody):
     images: list[str] = Field(..., min_length=1, max_length=MAX_IMAGES)
     labels: list[str] = Field(..., description="One label per image.")
     ids: list[str] | None = Field(

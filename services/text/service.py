@@ -69,11 +69,14 @@ class ClassifyItem:
 
 
 def check_text(text: str, field: str, max_chars: int) -> None:
-    """Empty, too long or not encodable as UTF-8 (lone surrogates) is the client's mistake."""
+    """Empty, too long, holding NUL or not encodable as UTF-8 (lone surrogates): the client's
+    mistake, said plainly (nothing is silently replaced)."""
     if not text.strip():
         raise InvalidInputError(f"{field} is empty")
     if len(text) > max_chars:
         raise InvalidInputError(f"{field} has {len(text)} characters; the limit is {max_chars}")
+    if (nul := text.find("\x00")) >= 0:
+        raise InvalidInputError(f"{field} contains a NUL character at {nul}; remove it")
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as exc:
