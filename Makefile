@@ -11,7 +11,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 	export-classify serve-generate train-generate export-generate \
 	train-similarity export-similarity serve-similarity bench-similarity \
 	train-text export-text serve-text bench-text \
-	loadtest loadtest-check train-all export-all k8s image-sizes bench-serve bench-export clean
+	loadtest loadtest-check train-all export-all k8s image-sizes wrk bench-serve soak bench-export clean
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -122,10 +122,15 @@ loadtest: setup  ## Locust vs the running services (SERVICES, DURATION, USERS, S
 loadtest-check: setup  ## latency regression gate vs loadtests/baseline.json (ARGS=--update-baseline)
 	$(PY) -m loadtests.check $(ARGS)
 
-bench-serve: setup  ## classify over HTTP (wrk) vs raw onnxruntime; needs a served bundle (make demo)
+wrk:  ## install wrk (Debian package), the load generator of bench-serve and soak, if missing
 	@command -v wrk >/dev/null || { echo "==> installing wrk (Debian package)"; \
 	  $$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get install -y wrk; }
+
+bench-serve: setup wrk  ## classify over HTTP (wrk) vs raw onnxruntime; needs a served bundle (make demo)
 	$(PY) -m loadtests.bench_serve $(ARGS)
+
+soak: setup wrk  ## classify at half its capacity for minutes: RSS and fd growth per 1,000 requests
+	$(PY) -m loadtests.soak $(ARGS)
 
 clean:  ## remove run outputs (MLflow store, caches); keeps .venv
 	rm -rf .modelplane .pytest_cache .ruff_cache

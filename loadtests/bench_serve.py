@@ -18,6 +18,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,7 +84,16 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def parse_wrk(output: str) -> tuple[float, float, float, int]:
+@dataclass
+class WrkResult:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+    requests: int
+
+
+def parse_wrk(output: str) -> WrkResult:
     def ms(text: str) -> float:
         value, unit = re.match(r"([\d.]+)(us|ms|s)", text).groups()  # type: ignore[union-attr]
         return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
@@ -90,6 +101,7 @@ def parse_wrk(output: str) -> tuple[float, float, float, int]:
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
     p50 = ms(re.search(r"\s50%\s+(\S+)", output).group(1))  # type: ignore[union-attr]
     p99 = ms(re.search(r"\s99%\s+(\S+)", output).group(1))  # type: ignore[union-attr]
+    requests = int(re.search(r"(\d+) requests in", output).group(1))  # type: ignore[union-attr]
     errors = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
     socket_errors = re.search(
         r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output
@@ -97,7 +109,7 @@ def parse_wrk(output: str) -> tuple[float, float, float, int]:
     total = int(errors.group(1)) if errors else 0
     if socket_errors:
         total += sum(int(g) for g in socket_errors.groups())
-    return rps, p50, p99, total
+    return WrkResult(rps, p50, p99, total, requests)
 
 
 def free_port() -> int:
@@ -106,6 +118,99 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+@dataclass
+class Served:
+    url: str
+    procs: list[subprocess.Popen[bytes]]
+    cold_start_s: float
+
+
+@contextmanager
+def served(env: dict[str, str], log_dir: Path, label: str, processes: int = 1) -> Iterator[Served]:
+    """`python -m services.classify` on a free port (`processes` > 1: that many sharing it
+    with REUSE_PORT), ready on every process; stopped by PID on exit."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    if processes > 1:
+        env = {**env, "REUSE_PORT": "true"}
+    procs = []
+    started = time.perf_counter()
+    try:
+        for index in range(processes):
+            log = log_dir / f"{label.replace(' ', '_')}-{index}.log"
+            with log.open("wb") as out:
+                procs.append(
+                    subprocess.Popen(
+                        [sys.executable, "-m", "services.classify", "--port", str(port)],
+                        cwd=ROOT,
+                        env={**os.environ, **env},
+                        stdout=out,
+                        stderr=subprocess.STDOUT,
+                        start_new_session=True,
+                    )
+                )
+        ready = 0
+        while ready < 20 * processes:  # consecutive ready answers: every process has loaded
+            if any(p.poll() is not None for p in procs):
+                raise SystemExit(f"{label}: a service process exited; see {log_dir}")
+            try:
+                ok = httpx.get(f"{url}/readyz", timeout=1, headers={"connection": "close"})
+                ready = ready + 1 if ok.status_code == 200 else 0
+            except httpx.HTTPError:
+                ready = 0
+            time.sleep(0.02)
+        yield Served(url, procs, time.perf_counter() - started)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, 15)
+        for p in procs:
+            p.wait(timeout=15)
+
+
+def wrk(
+    url: str, body: Path, concurrency: int, seconds: float, log_dir: Path, lua: str = ""
+) -> WrkResult:
+    """wrk (1 thread) POSTing `body` as image/png to /v1/classify; `lua` is appended to the
+    request script (a `delay()` function paces it)."""
+    script = log_dir / "post.lua"
+    script.write_text(LUA + lua)
+    result = subprocess.run(
+        [
+            "wrk",
+            "-t1",
+            f"-c{concurrency}",
+            f"-d{seconds:.0f}s",
+            "--latency",
+            "-s",
+            str(script),
+            f"{url}/v1/classify",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "BENCH_BODY": str(body)},
+        check=True,
+    )
+    return parse_wrk(result.stdout)
+
+
+def digit_png(directory: Path) -> Path:
+    """A real test-split digit as a PNG file: the body every benchmark request sends."""
+    from shared.media import encode_png, gray_to_image
+    from training.data import load_splits
+
+    body = directory / "digit.png"
+    body.write_bytes(encode_png(gray_to_image(load_splits()["test"].images[0])))
+    return body
+
+
+def warm_up(url: str, body: Path, requests: int = 50) -> None:
+    for _ in range(requests):
+        httpx.post(
+            f"{url}/v1/classify", content=body.read_bytes(), headers={"content-type": "image/png"}
+        )
 
 
 def bench_service(
@@ -117,76 +222,18 @@ def bench_service(
     log_dir: Path,
     processes: int = 1,
 ) -> tuple[list[Row], dict[str, float]]:
-    """Start the service (`processes` > 1: that many sharing one port with REUSE_PORT), measure
-    cold start and RSS, drive it with wrk at each concurrency."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    if processes > 1:
-        env = {**env, "REUSE_PORT": "true"}
-    procs = []
-    started = time.perf_counter()
-    for index in range(processes):
-        log = log_dir / f"{label.replace(' ', '_')}-{index}.log"
-        with log.open("wb") as out:
-            procs.append(
-                subprocess.Popen(
-                    [sys.executable, "-m", "services.classify", "--port", str(port)],
-                    cwd=ROOT,
-                    env={**os.environ, **env},
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
-            )
-    proc = procs[0]
-    try:
-        ready = 0
-        while ready < 20 * processes:  # consecutive ready answers: every process has loaded
-            if any(p.poll() is not None for p in procs):
-                raise SystemExit(f"{label}: a service process exited; see {log_dir}")
-            try:
-                ok = httpx.get(f"{url}/readyz", timeout=1, headers={"connection": "close"})
-                ready = ready + 1 if ok.status_code == 200 else 0
-            except httpx.HTTPError:
-                ready = 0
-            time.sleep(0.02)
-        facts = {"cold_start_s": time.perf_counter() - started}
-        for _ in range(50):
-            httpx.post(
-                f"{url}/v1/classify",
-                content=body.read_bytes(),
-                headers={"content-type": "image/png"},
-            )
-        facts["rss_warm_mb"] = rss_mb(proc.pid)
-        script = log_dir / "post.lua"
-        script.write_text(LUA)
+    """Start the service, measure cold start and RSS, drive it with wrk at each concurrency."""
+    with served(env, log_dir, label, processes) as service:
+        facts = {"cold_start_s": service.cold_start_s}
+        warm_up(service.url, body)
+        pid = service.procs[0].pid
+        facts["rss_warm_mb"] = rss_mb(pid)
         rows = []
         for concurrency in levels:
-            result = subprocess.run(
-                [
-                    "wrk",
-                    "-t1",
-                    f"-c{concurrency}",
-                    f"-d{seconds:.0f}s",
-                    "--latency",
-                    "-s",
-                    str(script),
-                    f"{url}/v1/classify",
-                ],
-                capture_output=True,
-                text=True,
-                env={**os.environ, "BENCH_BODY": str(body)},
-                check=True,
-            )
-            rps, p50, p99, errors = parse_wrk(result.stdout)
-            rows.append(Row(label, concurrency, rps, p50, p99, errors))
-        facts["rss_loaded_mb"] = rss_mb(proc.pid)
+            got = wrk(service.url, body, concurrency, seconds, log_dir)
+            rows.append(Row(label, concurrency, got.rps, got.p50_ms, got.p99_ms, got.errors))
+        facts["rss_loaded_mb"] = rss_mb(pid)
         return rows, facts
-    finally:
-        for p in procs:
-            os.killpg(p.pid, 15)
-        for p in procs:
-            p.wait(timeout=15)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -225,14 +272,10 @@ def main(argv: list[str] | None = None) -> int:
         f"wrk 1 thread, {args.seconds:.0f}s per level",
         flush=True,
     )
-    from shared.media import encode_png, gray_to_image
-    from training.data import load_splits
-
     rows: list[Row] = []
     facts: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        body = Path(tmp) / "digit.png"
-        body.write_bytes(encode_png(gray_to_image(load_splits()["test"].images[0])))
+        body = digit_png(Path(tmp))
         for variant in variants:
             rows += raw_ort(bundle.path, variant, threads, min(args.seconds, 5))
             for suffix, extra, processes in configurations(args.scale_out, threads):
