@@ -141,7 +141,11 @@ class ModelRuntime:
     def load_once(self) -> LoadedModel:
         """Fetch, verify, load and warm up the model; raises on any failure."""
         started = time.perf_counter()
-        configure_client(self.settings.mlflow_tracking_uri, self.settings.registry_timeout_s)
+        # no retries inside the client: a failed call falls back to the verified cache at once,
+        # and load_until_ready / the reload loop already retry with their own backoff
+        configure_client(
+            self.settings.mlflow_tracking_uri, self.settings.registry_timeout_s, max_retries=0
+        )
         fetched: FetchedModel = fetch(self.uri, self.settings.model_cache_dir)
         variant = fetched.bundle.variant_name(self.settings.model_variant or None)
         service = self.factory()
