@@ -168,6 +168,8 @@ def _add_health(app: FastAPI, runtime: ModelRuntime, metrics: Metrics) -> None:
     )
     async def readyz() -> dict[str, Any]:
         model = runtime.current
+        if runtime.draining:
+            raise ModelNotReadyError("shutting down: finishing the requests in progress")
         if model is None:
             raise ModelNotReadyError(f"not ready: {runtime.last_error}")
         return {"status": "ready", "model": model.info()}

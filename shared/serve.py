@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import socket
+import threading
 from typing import Any
+
+import uvicorn
+
+log = logging.getLogger("modelplane.serve")
 
 # Pools that numpy/BLAS and OpenMP would size to every core. Inference threads are set
 # explicitly on the onnxruntime session; these stay at 1 so pools never oversubscribe cores.
@@ -20,8 +26,6 @@ def limit_math_threads() -> None:
 
 def run(service: Any, default_port: int, argv: list[str] | None = None) -> int:
     """Parse --host/--port, build settings and the app, and serve with one uvicorn worker."""
-    import uvicorn
-
     from shared.app import create_app
     from shared.logs import configure_logging
     from shared.settings import ServingSettings
@@ -44,7 +48,7 @@ def run(service: Any, default_port: int, argv: list[str] | None = None) -> int:
     shared_socket = _reuse_port_socket(args.host, args.port) if args.reuse_port else None
     if shared_socket is not None:  # kept referenced: uvicorn serves on its descriptor
         where = {"fd": shared_socket.fileno()}
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         **where,
         workers=1,
@@ -54,7 +58,31 @@ def run(service: Any, default_port: int, argv: list[str] | None = None) -> int:
         timeout_graceful_shutdown=10,
         access_log=False,
     )
+    DrainingServer(config, settings.shutdown_drain_s, app.state.runtime.start_draining).run()
     return 0
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn's server with a drain window: the first SIGTERM/SIGINT withdraws readiness at
+    once and keeps serving (new connections too) for `drain_s`, then uvicorn's graceful
+    shutdown runs (stop accepting, finish in-flight requests, lifespan end). A second signal
+    during the window shuts down at once."""
+
+    def __init__(self, config: Any, drain_s: float, start_draining: Any) -> None:
+        super().__init__(config)
+        self.drain_s = drain_s
+        self.start_draining = start_draining
+        self._drain_timer: threading.Timer | None = None
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        self.start_draining()
+        if self.drain_s <= 0 or self._drain_timer is not None:
+            super().handle_exit(sig, frame)
+            return
+        log.info("signal %d: draining for %.1fs before shutting down", sig, self.drain_s)
+        self._drain_timer = threading.Timer(self.drain_s, super().handle_exit, (sig, None))
+        self._drain_timer.daemon = True
+        self._drain_timer.start()
 
 
 class _HeaderDeadline:

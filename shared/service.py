@@ -136,6 +136,12 @@ class ModelRuntime:
             concurrency=settings.inference_workers,
         )
         self._stop = threading.Event()
+        self.draining = False  # set on SIGTERM: /readyz answers 503 while requests still run
+
+    def start_draining(self) -> None:
+        """Withdraw readiness (load balancers stop sending) while still serving everything."""
+        self.draining = True
+        self.metrics.ready.labels(self.service_name).set(0)
 
     # ---- loading -------------------------------------------------------------------------
     def load_once(self) -> LoadedModel:

@@ -120,6 +120,13 @@ class ServingSettings(BaseSettings):
         description="Check the model alias this often; when it moves, load the new version "
         "beside the old one and switch without dropping requests (0: never).",
     )
+    shutdown_drain_s: float = Field(
+        0.0,
+        ge=0,
+        le=300,
+        description="On SIGTERM, keep serving (new connections too) this long with /readyz "
+        "answering 503, so load balancers stop sending first; then the graceful shutdown.",
+    )
     log_level: str = Field("INFO", description="Python logging level of the service.")
     log_json: bool = Field(True, description="Log JSON lines (false: plain text).")
 

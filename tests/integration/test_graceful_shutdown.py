@@ -1,18 +1,22 @@
 """SIGTERM while a request is in flight: the request still gets its answer, new connections are
-refused, and the process exits cleanly within the graceful timeout."""
+refused, and the process exits cleanly within the graceful timeout. With a drain window
+(SHUTDOWN_DRAIN_S), /readyz turns 503 at once while new connections are still answered."""
 
 from __future__ import annotations
 
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 
-from tests.procs import free_port, poll_until, running, wait_http
+from tests.procs import free_port, poll_until, readyz_saying, running, wait_http
 from tests.tinydiffusion import tiny_stable_diffusion
-from tests.unit.conftest import DEAD_REGISTRY
+from tests.tinymodels import seed_cache
+from tests.unit.conftest import DEAD_REGISTRY, png_bytes
 
 
 def test_sigterm_lets_the_request_in_flight_finish(tmp_path: Path) -> None:
@@ -61,3 +65,33 @@ def test_sigterm_lets_the_request_in_flight_finish(tmp_path: Path) -> None:
         # exits by itself within the timeout; uvicorn re-raises the signal once drained
         assert proc.wait(timeout=15) in (0, -signal.SIGTERM)
     assert "Application shutdown complete" in log.read_text()  # the lifespan ran to its end
+
+
+def test_sigterm_withdraws_readiness_and_keeps_answering_during_the_drain(tmp_path: Path) -> None:
+    seed_cache(tmp_path / "cache")
+    drain_s = 2.0
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {
+        "MLFLOW_TRACKING_URI": DEAD_REGISTRY,
+        "MODEL_CACHE_DIR": str(tmp_path / "cache"),
+        "ONNX_INTRA_OP_THREADS": "1",
+        "SHUTDOWN_DRAIN_S": str(drain_s),
+    }
+    log = tmp_path / "classify.log"
+    body = png_bytes(np.full((8, 8), 60, np.uint8))
+    cmd = [sys.executable, "-m", "services.classify", "--port", str(port)]
+    with running(cmd, log, env) as proc:
+        wait_http(f"{url}/readyz", proc, log)
+        proc.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        refused = poll_until(lambda: readyz_saying(url, "shutting down"), 1.5, "503 at once")
+        assert refused.status_code == 503
+        with httpx.Client() as fresh:  # a new connection inside the window is still served
+            answer = fresh.post(
+                f"{url}/v1/classify", content=body, headers={"content-type": "image/png"}
+            )
+        assert answer.status_code == 200 and time.monotonic() - signalled < drain_s
+        assert proc.wait(timeout=drain_s + 15) in (0, -signal.SIGTERM)
+        assert time.monotonic() - signalled >= drain_s  # it did wait out the window
+    assert "Application shutdown complete" in log.read_text()
