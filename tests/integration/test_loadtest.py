@@ -1,6 +1,7 @@
 """`make loadtest` and the latency regression gate, headless against a real classify process:
 a smoke run without failures, a gate that passes on its own baseline, fails on a genuinely
-slower model variant (like fp32 served against an int8 baseline) and on failing requests."""
+slower model variant (like fp32 served against an int8 baseline) and on failing requests; the
+similarity user live against a real similarity process."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from loadtests.users.payloads import DIGITS_FILE, write_digits
-from tests.procs import ROOT, free_port
+from tests import tinysimilarity
+from tests.procs import ROOT, free_port, running, wait_http
 from tests.tinyserve import DEAD_REGISTRY, seed_two_speed_cache, serve_classify
 
 pytestmark = pytest.mark.integration
@@ -40,11 +42,13 @@ def fast(cache: Path) -> Iterator[str]:
 
 
 def loadtest(module: str, url: str, cache: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """`python -m loadtests.<module>` against `url`, calibrating on the cached bundle."""
+    """`python -m loadtests.<module>` against `url` (as every service's URL: one runs), with
+    the gate calibrating on the cached classify bundle."""
+    urls = {f"{name.upper()}_URL": url for name in ("classify", "similarity", "text")}
     env = {
         "PATH": str(Path(sys.executable).parent),
         "HOME": str(cache.parent),
-        "CLASSIFY_URL": url,
+        **urls,
         "MLFLOW_TRACKING_URI": DEAD_REGISTRY,
         "MODEL_CACHE_DIR": str(cache),
         "OMP_NUM_THREADS": "1",
@@ -131,3 +135,33 @@ def test_gate_fails_when_more_than_one_percent_of_requests_fail(
     failing = loadtest("check", nobody, cache, *gate(baseline))
     assert failing.returncode == 1, failing.stdout + failing.stderr
     assert "100.00% of the requests failed" in failing.stdout
+
+
+def test_similarity_user_runs_live_without_failures(cache: Path, tmp_path: Path) -> None:
+    """The similarity Locust user (compare, search, embed) against a real similarity process
+    serving a tiny bundle whose gallery comes with it."""
+    tinysimilarity.seed_cache(tmp_path / "cache")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {
+        "MLFLOW_TRACKING_URI": DEAD_REGISTRY,
+        "MODEL_CACHE_DIR": str(tmp_path / "cache"),
+        "ONNX_INTRA_OP_THREADS": "1",
+        "LOG_LEVEL": "WARNING",
+    }
+    log = tmp_path / "similarity.log"
+    cmd = [sys.executable, "-m", "services.similarity", "--port", str(port)]
+    with running(cmd, log, env) as proc:
+        wait_http(f"{url}/readyz", proc, log)
+        load = ["--services", "similarity", "--users", "2", "--spawn-rate", "2", "--duration", "4s"]
+        done = loadtest("run", url, cache, *load, "--reports", str(tmp_path / "reports"))
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| similarity POST")]
+    assert {row.split("|")[1].strip() for row in rows} == {
+        "similarity POST /v1/similarity/compare",
+        "similarity POST /v1/similarity/search",
+        "similarity POST /v1/similarity/embed",
+    }
+    for row in rows:
+        requests, failures = (int(cell) for cell in row.split("|")[2:4])
+        assert requests > 0 and failures == 0, row
