@@ -6,14 +6,21 @@ when it reloads), and serves from the verified local cache when the registry is 
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
 import re
 import shutil
+import subprocess
+import sys
 import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from shared.bundle import MANIFEST, Bundle, open_bundle, sha256_file
 from shared.errors import BundleError, RegistryError
@@ -63,20 +70,58 @@ class FetchedModel:
 
 
 def configure_client(tracking_uri: str, timeout_s: float = 5.0, max_retries: int = 1) -> None:
-    """Point MLflow at `tracking_uri` and make unreachable registries fail fast, not in minutes."""
+    """Point MLflow at `tracking_uri` and make unreachable registries fail fast, not in minutes.
+
+    Only environment variables are set unless this process already uses mlflow: a serving
+    process never imports it (150 MB of resident memory and over a second of start-up); it
+    resolves versions over MLflow's REST API and downloads in a child process."""
+    os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
+    os.environ["MLFLOW_REGISTRY_URI"] = tracking_uri
     os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(max(1, int(timeout_s)))
     os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(max_retries)
     os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] = "1"
-    import mlflow
+    if "mlflow" in sys.modules:  # an explicit earlier set_tracking_uri would win over the env
+        import mlflow
 
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_registry_uri(tracking_uri)
+        mlflow.set_tracking_uri(tracking_uri)
+        mlflow.set_registry_uri(tracking_uri)
 
 
 def _client():
     from mlflow.tracking import MlflowClient
 
     return MlflowClient()
+
+
+class RegistryHTTPError(RegistryError):
+    """An error answer of MLflow's REST API, with its `error_code`."""
+
+    def __init__(self, message: str, error_code: str) -> None:
+        super().__init__(message)
+        self.error_code = error_code
+
+
+def _rest_get(endpoint: str, **params: str) -> dict[str, Any]:
+    """GET `<tracking URI>/api/2.0/mlflow/<endpoint>` with MLflow's auth variables honoured."""
+    base = os.environ.get("MLFLOW_TRACKING_URI", "").rstrip("/")
+    url = f"{base}/api/2.0/mlflow/{endpoint}?{urllib.parse.urlencode(params)}"
+    request = urllib.request.Request(url, headers={"Accept": "application/json"})
+    if token := os.environ.get("MLFLOW_TRACKING_TOKEN"):
+        request.add_header("Authorization", f"Bearer {token}")
+    elif user := os.environ.get("MLFLOW_TRACKING_USERNAME"):
+        secret = f"{user}:{os.environ.get('MLFLOW_TRACKING_PASSWORD', '')}".encode()
+        request.add_header("Authorization", f"Basic {base64.b64encode(secret).decode()}")
+    timeout = float(os.environ.get("MLFLOW_HTTP_REQUEST_TIMEOUT", "5"))
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as answer:
+            return json.loads(answer.read())
+    except urllib.error.HTTPError as exc:
+        try:
+            body = json.loads(exc.read())
+        except ValueError:
+            body = {}
+        code = body.get("error_code", f"HTTP_{exc.code}")
+        raise RegistryHTTPError(f"{code}: {body.get('message', exc.reason)}", code) from exc
 
 
 class ModelCache:
@@ -128,12 +173,20 @@ class ModelCache:
 
 def _resolve(ref: ModelRef) -> tuple[str, str | None, str]:
     """(version, run_id, manifest sha256 tag) for a reference, asking the registry."""
-    client = _client()
+    if not os.environ.get("MLFLOW_TRACKING_URI", "").startswith(("http://", "https://")):
+        client = _client()  # a file or database store: only mlflow itself can read it
+        if ref.alias:
+            mv = client.get_model_version_by_alias(ref.name, ref.alias)
+        else:
+            mv = client.get_model_version(ref.name, str(ref.version))
+        return str(mv.version), mv.run_id, (mv.tags or {}).get(BUNDLE_SHA_TAG, "")
     if ref.alias:
-        mv = client.get_model_version_by_alias(ref.name, ref.alias)
+        found = _rest_get("registered-models/alias", name=ref.name, alias=ref.alias)
     else:
-        mv = client.get_model_version(ref.name, str(ref.version))
-    return str(mv.version), mv.run_id, (mv.tags or {}).get(BUNDLE_SHA_TAG, "")
+        found = _rest_get("model-versions/get", name=ref.name, version=str(ref.version))
+    mv = found["model_version"]
+    tags = {tag["key"]: tag.get("value", "") for tag in mv.get("tags", [])}
+    return str(mv["version"]), mv.get("run_id") or None, tags.get(BUNDLE_SHA_TAG, "")
 
 
 def resolve_version(uri: str) -> str:
@@ -141,10 +194,27 @@ def resolve_version(uri: str) -> str:
     return _resolve(ModelRef.parse(uri))[0]
 
 
-def _download(ref_name: str, version: str, into: Path) -> Path:
+def _download(name: str, version: str, into: Path) -> Path:
+    """Download a version's artifacts with mlflow (any artifact store it supports): in this
+    process when it already uses mlflow, else in a child process (`python -m shared.registry
+    download`), so a serving process never carries mlflow's memory."""
+    if "mlflow" in sys.modules:
+        return _download_here(name, version, into)
+    done = subprocess.run(
+        [sys.executable, "-m", "shared.registry", "download", name, version, str(into)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RegistryError(done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "")
+    return Path(done.stdout.strip().splitlines()[-1])
+
+
+def _download_here(name: str, version: str, into: Path) -> Path:
     import mlflow
 
-    source = _client().get_model_version_download_uri(ref_name, version)
+    source = _client().get_model_version_download_uri(name, version)
     local = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(into))
     return Path(local)
 
@@ -255,3 +325,21 @@ def register(
         client.set_registered_model_alias(model_name, alias, mv.version)
     log.info("registered %s version %s%s", model_name, mv.version, f" @{alias}" if alias else "")
     return str(mv.version)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m shared.registry download NAME VERSION INTO`: prints the downloaded path."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 4 or args[0] != "download":
+        print("usage: python -m shared.registry download NAME VERSION INTO", file=sys.stderr)
+        return 2
+    try:
+        print(_download_here(args[1], args[2], Path(args[3])))
+    except Exception as exc:  # noqa: BLE001 - reported to the parent on the last stderr line
+        print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
