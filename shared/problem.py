@@ -8,8 +8,9 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.routing import Match
 
 from shared.errors import InferenceError, ModelNotReadyError, OverloadedError, ServingError
@@ -17,6 +18,8 @@ from shared.errors import InferenceError, ModelNotReadyError, OverloadedError, S
 log = logging.getLogger("modelplane.errors")
 
 PROBLEM_JSON = "application/problem+json"
+#: nginx's status for a client that went away before the answer; recorded, never sent
+CLIENT_CLOSED_REQUEST = 499
 
 
 def problem(
@@ -136,6 +139,16 @@ def install_error_handlers(app: FastAPI) -> None:
             request,
         )
 
+    async def on_client_gone(request: Request, exc: Exception) -> Response:
+        # the client closed the connection before sending its whole body: nobody is left to
+        # answer, and it is not a server error (no 5xx for the error-ratio alert, no traceback)
+        log.info(
+            "client disconnected before its request was read",
+            extra={"request_id": getattr(request.state, "request_id", None)},
+        )
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
+
+    app.add_exception_handler(ClientDisconnect, on_client_gone)
     app.add_exception_handler(ServingError, on_serving_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)

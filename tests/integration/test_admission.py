@@ -13,6 +13,7 @@ import httpx
 import numpy as np
 import pytest
 
+from tests.procs import poll_until
 from tests.tinyserve import seed_two_speed_cache, serve_classify
 from tests.unit.conftest import png_bytes
 
@@ -100,3 +101,23 @@ def test_a_slow_header_client_is_cut_off(url: str) -> None:
         assert client.get(f"{url}/v1/model").status_code == 200
         time.sleep(HEADER_TIMEOUT_S / 2)
         assert client.get(f"{url}/v1/model").status_code == 200
+
+
+def test_a_client_leaving_mid_body_is_a_499_not_a_server_error(url: str) -> None:
+    def count(status: str) -> float:
+        total = 0.0
+        for line in httpx.get(f"{url}/metrics").text.splitlines():
+            if line.startswith("modelplane_requests_total{") and f'status="{status}"' in line:
+                total += float(line.rsplit(" ", 1)[1])
+        return total
+
+    before = count("499"), count("500")
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        head = (
+            "POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+            "Authorization: Bearer leaver\r\nContent-Length: 5000\r\n\r\n"
+        )
+        sock.sendall(head.encode() + PNG[:20])  # then hangs up with 4980 bytes unsent
+    poll_until(lambda: count("499") > before[0], 10, "the disconnect recorded as 499")
+    assert count("500") == before[1]
