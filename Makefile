@@ -52,7 +52,8 @@ demo: setup  ## MLflow + train + export + serve classify, send real digits; Ctrl
 mlflow: setup  ## run the MLflow tracking server + registry on 127.0.0.1:5000
 	mkdir -p .modelplane/mlflow
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow server --backend-store-uri sqlite:///.modelplane/mlflow/mlflow.db \
-	  --artifacts-destination .modelplane/mlflow/artifacts --host 127.0.0.1 --port 5000
+	  --artifacts-destination .modelplane/mlflow/artifacts --host 127.0.0.1 --port 5000 \
+	  --expose-prometheus .modelplane/mlflow/metrics
 
 train-classify: setup  ## train and register classify-torch@candidate (needs `make mlflow`)
 	$(PY) -m training.classify $(ARGS)

@@ -22,7 +22,7 @@ IMAGES: dict[str, list[str]] = {
     "serve-onnx": [f"{ROOT}[serve,similarity]"],
     "serve-torch": [f"{ROOT}[explain,generate,text]"],
     "train": [f"{ROOT}[train,generate]"],
-    "mlflow": ["mlflow", "psycopg2-binary"],
+    "mlflow": ["mlflow", "psycopg2-binary", "prometheus-flask-exporter"],
 }
 CUDA_PARTS = ("nvidia", "triton", "libtorch_cuda", "libc10_cuda", "libcudnn", "libnccl")
 

@@ -28,6 +28,8 @@ def mlflow_running(root: Path, port: int) -> Iterator[str]:
         str(port),
         "--workers",
         "1",
+        "--expose-prometheus",  # /metrics, as in compose and Kubernetes
+        str(root / "metrics"),
     ]
     uri = f"http://127.0.0.1:{port}"
     # The GenAI job runner (a swarm of huey workers) is not needed for tracking + registry.

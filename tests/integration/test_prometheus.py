@@ -1,11 +1,11 @@
-"""A real Prometheus (Debian's package) scraping a real classify process with the project's own
-prometheus.yml and rules: the metrics arrive with the expected labels and every rule evaluates."""
+"""A real Prometheus (Debian's package) scraping a real classify process and a real MLflow server
+with the project's own prometheus.yml and rules: the metrics arrive with the expected labels and
+every rule evaluates."""
 
 from __future__ import annotations
 
 import math
 import shutil
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +16,7 @@ import yaml
 
 from shared.media import encode_png, gray_to_image
 from shared.metrics import LATENCY_BUCKETS
-from tests.procs import free_port, running, wait_http
+from tests.procs import free_port, poll_until, running, wait_http
 from tests.tinyserve import seed_two_speed_cache, serve_classify
 from training.data import load_splits
 
@@ -27,14 +27,17 @@ OBS = ROOT / "observability"
 TASK = {"route": "/v1/classify", "service": "classify"}
 
 
-def local_config(tmp: Path, target: str) -> Path:
-    """observability/prometheus.yml with fast intervals and its one job pointed at `target`."""
+def local_config(tmp: Path, target: str, registry: str) -> Path:
+    """observability/prometheus.yml with fast intervals, its service job pointed at `target`
+    and its MLflow job at `registry`."""
     config = yaml.safe_load((OBS / "prometheus.yml").read_text())
     config["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
     config["rule_files"] = [str(OBS / pattern) for pattern in config["rule_files"]]
-    job = next(j for j in config["scrape_configs"] if j["job_name"] == "modelplane")
-    job["static_configs"] = [{"targets": [target], "labels": {"service": "classify"}}]
-    config["scrape_configs"] = [job]
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    assert set(jobs) == {"modelplane", "mlflow"}
+    classify = {"targets": [target], "labels": {"service": "classify"}}
+    jobs["modelplane"]["static_configs"] = [classify]
+    jobs["mlflow"]["static_configs"] = [{"targets": [registry]}]
     path = tmp / "prometheus.yml"
     path.write_text(yaml.safe_dump(config))
     return path
@@ -49,14 +52,19 @@ def classify(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def prometheus(classify: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def prometheus(
+    classify: str, mlflow_server: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
     binary = shutil.which("prometheus")
     assert binary, "prometheus missing: `make test` installs Debian's prometheus package (TOOLS)"
     tmp = tmp_path_factory.mktemp("prometheus")
     port = free_port()
+    config = local_config(
+        tmp, classify.removeprefix("http://"), mlflow_server.removeprefix("http://")
+    )
     cmd = [
         binary,
-        f"--config.file={local_config(tmp, classify.removeprefix('http://'))}",
+        f"--config.file={config}",
         f"--storage.tsdb.path={tmp / 'data'}",
         f"--web.listen-address=127.0.0.1:{port}",
     ]
@@ -91,22 +99,11 @@ def send_garbage(classify: str, count: int) -> None:
         assert answer.status_code == 400, answer.text
 
 
-def until(check: Any, what: str, timeout_s: float = 60) -> Any:
-    """Poll `check()` until it returns something truthy (Prometheus scrapes every second)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(0.25)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 @pytest.fixture(scope="module")
 def scraped(classify: str, prometheus: str) -> str:
     """Traffic before and after a first scrape, so rates over it are non-zero."""
     send_digits(classify, 10)
-    until(lambda: query(prometheus, "modelplane_requests_total"), "a first scrape")
+    poll_until(lambda: query(prometheus, "modelplane_requests_total"), 60, "a first scrape", 0.25)
     send_digits(classify, 20)
     send_garbage(classify, 3)
 
@@ -114,7 +111,7 @@ def scraped(classify: str, prometheus: str) -> str:
         ok = query(prometheus, 'sum(modelplane_requests_total{route="/v1/classify"})')
         return bool(ok) and float(ok[0]["value"][1]) >= 33
 
-    until(counted, "33 classify requests in Prometheus")
+    poll_until(counted, 60, "33 classify requests in Prometheus", 0.25)
     return prometheus
 
 
@@ -170,7 +167,7 @@ def test_recording_rules_compute_latency_and_error_ratio(scraped: str, classify:
         found = query(scraped, "service:modelplane_request_duration_seconds:p99_5m")
         return [s for s in found if not math.isnan(float(s["value"][1]))]
 
-    result = until(p99, "the recorded p99")
+    result = poll_until(p99, 60, "the recorded p99", 0.25)
     assert result[0]["metric"] == {
         "__name__": "service:modelplane_request_duration_seconds:p99_5m",
         "service": "classify",
@@ -187,10 +184,23 @@ def test_every_rule_evaluates_cleanly_and_no_alert_fires(scraped: str) -> None:
         done = all(not r["lastEvaluation"].startswith("0001") for r in rules)
         return rules if done else []
 
-    rules = until(evaluated, "every rule evaluated")
+    rules = poll_until(evaluated, 60, "every rule evaluated", 0.25)
     expected = yaml.safe_load((OBS / "rules" / "modelplane.yml").read_text())
     assert len(rules) == sum(len(g["rules"]) for g in expected["groups"])
     for rule in rules:
         assert rule["health"] == "ok", f"{rule['name']}: {rule.get('lastError')}"
     alerts = httpx.get(f"{scraped}/api/v1/alerts", timeout=10).json()["data"]["alerts"]
     assert alerts == [], f"a healthy service raised alerts: {alerts}"
+
+
+def test_the_registry_is_scraped_too(scraped: str, mlflow_server: str) -> None:
+    httpx.get(f"{mlflow_server}/api/2.0/mlflow/experiments/search", params={"max_results": 1})
+
+    def requests_counted() -> list[dict[str, Any]]:
+        return query(scraped, 'mlflow_http_request_total{job="mlflow"}')
+
+    counted = poll_until(requests_counted, 60, "MLflow's request counter in Prometheus", 0.25)
+    assert sum(float(s["value"][1]) for s in counted) >= 1
+    assert {s["metric"]["status"] for s in counted} >= {"200"}
+    up = query(scraped, 'up{job="mlflow"}')
+    assert [float(s["value"][1]) for s in up] == [1.0]
