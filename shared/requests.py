@@ -14,10 +14,11 @@ BodyT = TypeVar("BodyT", bound=BaseModel)
 
 class RequestBody(BaseModel):
     """Base of every JSON request body: unknown fields are refused (a misspelt option is an
-    error, not silently ignored) and so are NaN and infinite numbers (JSON has none, but
-    Python's and pydantic's parsers accept `NaN`, `Infinity` and 1e999)."""
+    error, not silently ignored), so are NaN and infinite numbers (JSON has none, but Python's
+    and pydantic's parsers accept `NaN`, `Infinity` and 1e999), and values are taken as the
+    schema types them (strict: no "8" or true for 8, no 1 for true)."""
 
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
 
 
 def media_type(request: Request) -> str:
@@ -48,9 +49,27 @@ async def read_json(request: Request, model: type[BodyT], hint: str = "") -> Bod
 
 
 def json_body(model: type[BaseModel]) -> dict[str, Any]:
-    """`openapi_extra` documenting a route's JSON request body (routes that read it themselves)."""
-    schema = {"application/json": {"schema": model.model_json_schema()}}
-    return {"requestBody": {"required": True, "content": schema}}
+    """`openapi_extra` documenting a route's JSON request body (routes that read it themselves).
+
+    Nested models are inlined: pydantic refers to them as `#/$defs/X`, which inside an
+    operation resolves against the whole OpenAPI document, where no `$defs` exist, so clients
+    and schemathesis would not see them (request models are never recursive)."""
+    schema = model.model_json_schema()
+    defs = schema.pop("$defs", {})
+    content = {"application/json": {"schema": _inlined(schema, defs)}}
+    return {"requestBody": {"required": True, "content": content}}
+
+
+def _inlined(node: Any, defs: dict[str, Any]) -> Any:
+    """`node` with each `#/$defs/X` reference replaced by X itself."""
+    if isinstance(node, dict):
+        ref = node.get("$ref", "")
+        if ref.startswith("#/$defs/"):
+            return _inlined(defs[ref.removeprefix("#/$defs/")], defs)
+        return {key: _inlined(value, defs) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_inlined(item, defs) for item in node]
+    return node
 
 
 _DESCRIPTIONS = {

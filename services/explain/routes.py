@@ -76,7 +76,7 @@ async def activations(request: Request, runtime: RuntimeDep) -> ActivationsRespo
     "/v1/explain/filters",
     response_model=FiltersResponse,
     summary="The first conv layer's filters as a PNG grid.",
-    responses={503: _ERRORS[503]},
+    responses=error_responses(401, 503),
 )
 async def filters(runtime: RuntimeDep) -> FiltersResponse:
     result, model = await runtime.infer(FiltersJob())

@@ -6,6 +6,8 @@ from typing import Annotated, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from shared.requests import RequestBody
+
 #: `random` ranks pixels at random: the floor every method's fidelity should beat
 BASELINE_METHODS = ("random",)
 
@@ -24,6 +26,18 @@ GradientMethod = Literal[
 ]
 METHODS: tuple[str, ...] = get_args(Method)
 GRADIENT_METHODS: tuple[str, ...] = get_args(GradientMethod)
+
+#: an 8x8 PNG with a bright square: the request examples explain a real image
+EXAMPLE_IMAGE = (
+    "iVBORw0KGgoAAAANSUhEUgAAAAgAAAAICAAAAADhZOFXAAAAG0lEQVR42mNggAJGhv8MDAyMDAxMMBFMBh4AAD6RAQiQaiMF"
+    "AAAAAElFTkSuQmCC"
+)
+
+
+def _example(**body: object) -> ConfigDict:
+    """One complete request as the schema's example (docs and fuzzing start from it)."""
+    return ConfigDict(json_schema_extra={"examples": [{"image": EXAMPLE_IMAGE, **body}]})
+
 
 #: the bound on model passes (forward, or forward + backward) one request may cost
 MAX_EVALUATIONS = 2048
@@ -55,10 +69,8 @@ Target = Annotated[
 ]
 
 
-class MethodParams(BaseModel):
+class MethodParams(RequestBody):
     """Method parameters, each bounded so one request cannot hold the CPU for minutes."""
-
-    model_config = ConfigDict(extra="forbid")
 
     steps: int = Field(32, ge=1, le=256, description="integrated_gradients: path steps.")
     baseline: Literal["black", "blurred", "noise"] = Field(
@@ -86,10 +98,12 @@ class MethodParams(BaseModel):
     seed: int = Field(0, ge=0, le=2**31 - 1, description="Seed of every random draw.")
 
 
-class ExplainJSONRequest(BaseModel):
+class ExplainJSONRequest(RequestBody):
     """POST /v1/explain."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = _example(
+        method="integrated_gradients", params={"steps": 8}, return_map=True, fidelity=True
+    )
 
     image: Image
     method: Method
@@ -99,10 +113,12 @@ class ExplainJSONRequest(BaseModel):
     fidelity: bool = Field(False, description="Also score the explanation (see Fidelity).")
 
 
-class CompareJSONRequest(BaseModel):
+class CompareJSONRequest(RequestBody):
     """POST /v1/explain/compare."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = _example(
+        methods=["saliency", "grad_cam", "occlusion", "random"], params={"occlusion": {"stride": 4}}
+    )
 
     image: Image
     methods: list[CompareMethod] = Field(
@@ -116,10 +132,10 @@ class CompareJSONRequest(BaseModel):
     )
 
 
-class ActivationsJSONRequest(BaseModel):
+class ActivationsJSONRequest(RequestBody):
     """POST /v1/explain/activations."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = _example(top_n=4)
 
     image: Image
     layer: str | None = Field(

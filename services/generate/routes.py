@@ -14,11 +14,9 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from services.generate.schemas import GenerateRequest, GenerateResponse
 from shared.app import RuntimeDep
-from shared.errors import (
-    ServingError,
-)
+from shared.errors import ServingError
 from shared.problem import problem_event, sse
-from shared.requests import json_body, read_json
+from shared.requests import error_responses, json_body, read_json
 from shared.service import LoadedModel, ModelRuntime
 
 router = APIRouter(tags=["generate"])
@@ -50,10 +48,7 @@ def response_body(output: dict[str, Any], model: LoadedModel, started: float) ->
     openapi_extra=json_body(GenerateRequest),
     responses={
         200: {"content": {"text/event-stream": {}}, "description": "Images (or an SSE stream)"},
-        415: {"description": "Not JSON"},
-        422: {"description": "A parameter out of its bounds (the detail names it)"},
-        503: {"description": "Not ready, or the queue is full (Retry-After)"},
-        504: {"description": "The request timeout passed"},
+        **error_responses(401, 413, 415, 422, 503, 504),
     },
 )
 async def generate(request: Request, runtime: RuntimeDep) -> Response:
@@ -111,6 +106,7 @@ async def _stream(
 @router.get(
     "/v1/generate/schedulers",
     summary="Schedulers, defaults and bounds a generate request may use with this model.",
+    responses=error_responses(401, 503),
 )
 async def schedulers(runtime: RuntimeDep) -> JSONResponse:
     """The schedulers, defaults and bounds of the loaded model."""

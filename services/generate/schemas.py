@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from shared.requests import RequestBody
+
 MAX_IMAGES = 4
 DEFAULT_STEPS = 25
 MAX_STEPS = 150
@@ -15,10 +17,10 @@ MAX_SEED = 2**32 - 1
 MAX_PROMPT_CHARS = 1000
 
 
-class GenerateRequest(BaseModel):
+class GenerateRequest(RequestBody):
     """One generation: a prompt (or a class for the digit model) and sampling parameters."""
 
-    model_config = ConfigDict(populate_by_name=True, extra="forbid")
+    model_config = ConfigDict(populate_by_name=True)
 
     prompt: str | None = Field(
         None,
