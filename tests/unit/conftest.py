@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import io
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +12,7 @@ from PIL import Image
 from services.classify.service import ClassifyService
 from shared.app import create_app
 from shared.settings import ServingSettings
+from tests.procs import poll_until
 from tests.tinymodels import seed_cache
 
 DEAD_REGISTRY = "http://127.0.0.1:9"  # discard port: nothing listens, connections are refused
@@ -43,12 +43,12 @@ def settings(cache_dir: Path) -> ServingSettings:
 
 
 def wait_ready(client: TestClient, timeout_s: float = 20) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if client.get("/readyz").status_code == 200:
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"not ready: {client.get('/readyz').json()}")
+    poll_until(
+        lambda: client.get("/readyz").status_code == 200,
+        timeout_s,
+        f"ready (last /readyz: {client.get('/readyz').text})",
+        interval_s=0.02,
+    )
 
 
 @pytest.fixture

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import base64
 import io
-import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -18,6 +18,7 @@ from services.explain.schemas import METHODS
 from services.explain.service import ExplainService
 from shared.app import create_app
 from shared.bundle import read_manifest, write_manifest
+from tests.procs import poll_until
 from tests.tinyexplain import (
     LABELS,
     SIZE,
@@ -177,10 +178,12 @@ def test_a_bundle_without_torch_weights_is_never_served(tmp_path: Path) -> None:
     seed_cache(tmp_path / "cache")  # a tiny ONNX-only classify bundle
     settings = region_settings(tmp_path / "cache", "models:/classify@production")
     with TestClient(create_app(ExplainService, settings)) as client:
-        deadline = time.monotonic() + 20
-        while "torch weights" not in client.get("/readyz").text and time.monotonic() < deadline:
-            time.sleep(0.02)  # the first load attempt runs in the background right after start
-        readyz = client.get("/readyz")
+
+        def load_error() -> Any:  # the first load attempt runs in the background after start
+            answer = client.get("/readyz")
+            return answer if "torch weights" in answer.text else None
+
+        readyz = poll_until(load_error, 20, "the load error")
         assert readyz.status_code == 503
         assert "is not a classify bundle with torch weights" in readyz.json()["detail"]
 
@@ -207,12 +210,12 @@ def test_torch_weights_are_checked_against_the_fp32_exports_outputs(
         one_torch_thread(),
         TestClient(create_app(ExplainService, region_settings(tmp_path / "cache"))) as client,
     ):
-        deadline = time.monotonic() + 20
-        while client.get("/readyz").status_code != 200 and time.monotonic() < deadline:
-            if "disagree" in client.get("/readyz").text:
-                break
-            time.sleep(0.02)
-        readyz = client.get("/readyz")
+
+        def settled() -> Any:
+            answer = client.get("/readyz")
+            return answer if answer.status_code == 200 or "disagree" in answer.text else None
+
+        readyz = poll_until(settled, 20, "loaded or refused")
         assert (readyz.status_code == 200) == agrees, readyz.text
         if not agrees:
             assert "the torch weights disagree with the fp32 export by 1.00e-02" in readyz.text

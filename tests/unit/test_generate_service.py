@@ -6,7 +6,6 @@ import base64
 import io
 import json
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from services.generate.safety import SafetyChecker
 from services.generate.service import GenerateService
 from shared.app import create_app
 from shared.settings import ServingSettings
+from tests.procs import poll_until
 from tests.tinydiffusion import seed_cache
 from tests.unit.conftest import DEAD_REGISTRY, wait_ready
 
@@ -225,9 +225,7 @@ def test_one_generation_at_a_time_full_queue_is_503_and_bounds_answer_at_once(
         assert GatedService.entered.wait(30)
         queued = threading.Thread(target=post)
         queued.start()
-        deadline = time.monotonic() + 30
-        while queue_depth(client) < 1 and time.monotonic() < deadline:
-            time.sleep(0.02)
+        poll_until(lambda: queue_depth(client) >= 1, 30, "the second request queued")
         full = client.post("/v1/generate", json={"class": 1, "steps": 2})
         assert full.status_code == 503 and full.headers["retry-after"] == "1"
         assert "queue is full" in full.json()["detail"]
