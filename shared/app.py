@@ -71,7 +71,8 @@ def create_app(
     `service` is the ModelService class (or any factory of instances); a fresh instance is made
     per model load. `load=False` leaves loading to the caller (tests drive it directly).
     """
-    settings = settings or ServingSettings()
+    defaults = getattr(service, "settings_defaults", {})
+    settings = (settings or ServingSettings()).with_defaults(defaults)
     name = service.name  # type: ignore[attr-defined]
     metrics = Metrics(name)
     runtime = ModelRuntime(service, settings, metrics)

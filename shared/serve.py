@@ -7,6 +7,7 @@ import logging
 import os
 import socket
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import uvicorn
@@ -24,8 +25,16 @@ def limit_math_threads() -> None:
         os.environ.setdefault(var, "1")
 
 
-def run(service: Any, default_port: int, argv: list[str] | None = None) -> int:
-    """Parse --host/--port, build settings and the app, and serve with one uvicorn worker."""
+def run(
+    service: Any,
+    default_port: int,
+    argv: list[str] | None = None,
+    build_app: Callable[[Any], Any] | None = None,
+) -> int:
+    """Parse --host/--port, build settings and the app, and serve with one uvicorn worker.
+
+    `build_app(settings)` replaces `create_app(service, settings)` for an app assembled
+    differently (generate serving a local pipeline directory)."""
     from shared.app import create_app
     from shared.logs import configure_logging
     from shared.settings import ServingSettings
@@ -43,7 +52,7 @@ def run(service: Any, default_port: int, argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     settings = ServingSettings()
     configure_logging(settings.log_level, settings.log_json)
-    app = create_app(service, settings)
+    app = build_app(settings) if build_app else create_app(service, settings)
     where: dict[str, Any] = {"host": args.host, "port": args.port}
     shared_socket = _reuse_port_socket(args.host, args.port) if args.reuse_port else None
     if shared_socket is not None:  # kept referenced: uvicorn serves on its descriptor

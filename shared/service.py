@@ -45,6 +45,9 @@ class ModelService(ABC, Generic[RequestT, ItemT, OutputT, ResponseT]):
     router: ClassVar[APIRouter]
     #: the registered model served by default (models:/<it>@production); None = `name`
     registered_model: ClassVar[str | None] = None
+    #: this service's defaults for ServingSettings fields (an explicit environment value or
+    #: setting still wins), e.g. one item per batch for a service whose requests take seconds
+    settings_defaults: ClassVar[dict[str, Any]] = {}
 
     @abstractmethod
     def load(self, bundle: Bundle, variant: str, settings: ServingSettings) -> None:

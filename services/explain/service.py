@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import logging
 import queue
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -59,6 +59,16 @@ class ExplainService(ModelService[Request, Job, Any, dict[str, Any]]):
 
     name = "explain"
     router = router
+    registered_model = "classify"  # it explains the classifier, not a model of its own
+    # an explanation takes up to seconds: one item per batch, a short queue, a longer wait
+    # before a queued request is shed (504); heatmaps come back at the input's size, so
+    # inputs are capped at 1024x1024
+    settings_defaults: ClassVar[dict[str, Any]] = {
+        "max_batch_size": 1,
+        "max_queue": 16,
+        "request_timeout_s": 60.0,
+        "max_image_pixels": 1024 * 1024,
+    }
 
     def load(self, bundle: Bundle, variant: str, settings: ServingSettings) -> None:
         from training.models.classify import load_torch_bundle

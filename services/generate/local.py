@@ -87,23 +87,3 @@ def create_local_app(settings: ServingSettings, directory: Path) -> FastAPI:
 
     app.router.lifespan_context = lifespan
     return app
-
-
-def serve_local(directory: Path, default_port: int) -> int:
-    """`python -m services.generate` with GENERATE_PIPELINE_DIR set: flags, logging, uvicorn."""
-    import argparse
-    import os
-
-    import uvicorn
-
-    from shared.logs import configure_logging
-
-    parser = argparse.ArgumentParser(prog="python -m services.generate")
-    parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
-    parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", default_port)))
-    args = parser.parse_args()
-    settings = ServingSettings()
-    configure_logging(settings.log_level, settings.log_json)
-    app = create_local_app(settings, directory)
-    uvicorn.run(app, host=args.host, port=args.port, log_config=None, access_log=False)
-    return 0

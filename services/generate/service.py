@@ -12,7 +12,7 @@ import secrets
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -57,6 +57,12 @@ class GenerateService(ModelService[GenerateCall, Job, dict[str, Any], dict[str, 
 
     name = "generate"
     router = router
+    # one generation at a time, a short queue, and a timeout sized for diffusion on a CPU
+    settings_defaults: ClassVar[dict[str, Any]] = {
+        "max_batch_size": 1,
+        "max_queue": 4,
+        "request_timeout_s": 120.0,
+    }
 
     def load(self, bundle: Bundle, variant: str, settings: ServingSettings) -> None:
         import torch

@@ -337,3 +337,16 @@ def test_access_log_carries_request_id_route_status_latency_and_model_version(
     assert (record.route, record.status) == ("/v1/classify", 200)  # type: ignore[attr-defined]
     assert record.latency_ms > 0  # type: ignore[attr-defined]
     assert record.model_version == "1"  # type: ignore[attr-defined]
+
+
+def test_a_services_own_defaults_apply_below_explicit_settings(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from services.explain.service import ExplainService
+
+    monkeypatch.setenv("MAX_QUEUE", "99")
+    app = create_app(ExplainService, ServingSettings(request_timeout_s=5), load=False)
+    settings = app.state.settings
+    assert settings.max_batch_size == 1 and settings.max_image_pixels == 1024 * 1024
+    assert settings.max_queue == 99 and settings.request_timeout_s == 5  # env, then constructor
+    assert app.state.runtime.uri == "models:/classify@production"
