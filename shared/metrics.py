@@ -24,6 +24,9 @@ LATENCY_BUCKETS = (
     2.5,
     5.0,
     10.0,
+    30.0,  # explain and generate requests may take this long (their timeouts are 60 and 120 s)
+    60.0,
+    120.0,
 )
 
 
