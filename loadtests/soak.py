@@ -19,6 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import httpx
 import numpy as np
 
 from loadtests.bench_serve import digit_png, rss_mb, served, warm_up, wrk
@@ -68,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
         capacity = wrk(service.url, body, 8, 10, Path(tmp)).rps
         rate = capacity / 2
         delay_ms = args.connections / rate * 1000  # each connection waits this before a request
+        model = httpx.get(f"{service.url}/v1/model", timeout=10).json()
+        print(f"serving {model['name']} version {model['version']} variant {model['variant']}")
         print(
             f"capacity {capacity:.0f} req/s (wrk, 8 connections); soaking at {rate:.0f} req/s "
             f"for {args.minutes:g} min, a sample every {args.segment_s:g} s",
