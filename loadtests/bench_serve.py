@@ -152,7 +152,9 @@ def served(env: dict[str, str], log_dir: Path, label: str, processes: int = 1) -
                     )
                 )
         ready = 0
-        while ready < 20 * processes:  # consecutive ready answers: every process has loaded
+        # one process: its first ready answer; several: 20 consecutive per process (the kernel
+        # spreads connections, so all of them have then answered ready)
+        while ready < (1 if processes == 1 else 20 * processes):
             if any(p.poll() is not None for p in procs):
                 raise SystemExit(f"{label}: a service process exited; see {log_dir}")
             try:
