@@ -7,14 +7,7 @@ from dataclasses import dataclass
 from pydantic import BaseModel, Field
 
 from shared.requests import RequestBody
-
-
-class ModelRef(BaseModel):
-    """Which model answered: registered name, version and variant."""
-
-    name: str
-    version: str
-    variant: str
+from shared.responses import ModelRef
 
 
 class ClassifyJSONRequest(RequestBody):

@@ -7,6 +7,7 @@ from typing import Annotated, Literal, get_args
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared.requests import RequestBody
+from shared.responses import ModelRef
 
 #: `random` ranks pixels at random: the floor every method's fidelity should beat
 BASELINE_METHODS = ("random",)
@@ -142,14 +143,6 @@ class ActivationsJSONRequest(RequestBody):
         None, max_length=200, description="Dotted module name; default the Grad-CAM layer."
     )
     top_n: int = Field(16, ge=1, le=64, description="Channels shown, strongest mean first.")
-
-
-class ModelRef(BaseModel):
-    """Which model answered: registered name, version and the weights explained."""
-
-    name: str
-    version: str
-    variant: str
 
 
 class Prediction(BaseModel):

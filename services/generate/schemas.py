@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared.requests import RequestBody
+from shared.responses import ModelRef
 
 MAX_IMAGES = 4
 DEFAULT_STEPS = 25
@@ -67,14 +68,6 @@ class GenerateRequest(RequestBody):
         le=MAX_STEPS,
         description="With stream: a low-resolution preview PNG every N steps (0 = none).",
     )
-
-
-class ModelRef(BaseModel):
-    """Which model answered: registered name, version and variant."""
-
-    name: str
-    version: str
-    variant: str
 
 
 class GeneratedImage(BaseModel):

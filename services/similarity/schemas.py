@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pydantic import BaseModel, Field, model_validator
 
 from shared.requests import RequestBody
+from shared.responses import ModelRef
 
 MAX_IMAGES = 64  # images per embed / gallery request: one request never monopolizes a batch
 MAX_K = 100
@@ -16,14 +17,6 @@ _IMAGE = Field(
     max_length=16 * 1024 * 1024,
 )
 _LABEL_CHARS = 200
-
-
-class ModelRef(BaseModel):
-    """Which model answered: registered name, version and variant."""
-
-    name: str
-    version: str
-    variant: str
 
 
 class EmbedBody(RequestBody):

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared.requests import RequestBody
+from shared.responses import ModelRef
 
 MAX_TEXTS = 64
 MAX_NEW_TOKENS = 256
@@ -16,12 +17,6 @@ MAX_BEAMS = 8
 def _example(**example: object) -> ConfigDict:
     """One complete request as the schema's example (docs and fuzzing start from it)."""
     return ConfigDict(json_schema_extra={"examples": [example]})
-
-
-class ModelRef(BaseModel):
-    name: str
-    version: str
-    variant: str
 
 
 class ClassifyRequest(RequestBody):
