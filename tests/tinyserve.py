@@ -7,9 +7,11 @@ prove a latency regression is caught, like serving fp32 against an int8 baseline
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -72,22 +74,38 @@ def seed_two_speed_cache(cache_dir: Path) -> Path:
     return bundle_dir
 
 
+@dataclass(frozen=True)
+class Served:
+    url: str
+    proc: subprocess.Popen[bytes]
+
+
 @contextmanager
-def serve_classify(
-    cache_dir: Path, log: Path, variant: str = "", env: dict[str, str] | None = None
-) -> Iterator[str]:
-    """Run `python -m services.classify` on a free port from the cache; yield its URL."""
+def serve_cached(
+    service: str, cache_dir: Path, log: Path, env: dict[str, str] | None = None
+) -> Iterator[Served]:
+    """Run `python -m services.<service>` on a free port, serving its verified cache with the
+    registry down (one onnxruntime thread, warnings only); ready when it yields, stopped by
+    PID after."""
     port = free_port()
     settings = {
         "MLFLOW_TRACKING_URI": DEAD_REGISTRY,
         "MODEL_CACHE_DIR": str(cache_dir),
-        "MODEL_VARIANT": variant,
         "ONNX_INTRA_OP_THREADS": "1",
         "LOG_JSON": "true",
         "LOG_LEVEL": "WARNING",
         **(env or {}),
     }
-    cmd = [sys.executable, "-m", "services.classify", "--port", str(port)]
+    cmd = [sys.executable, "-m", f"services.{service}", "--port", str(port)]
     with running(cmd, log, settings) as proc:
-        wait_http(f"http://127.0.0.1:{port}/readyz", proc, log, timeout_s=90)
-        yield f"http://127.0.0.1:{port}"
+        wait_http(f"http://127.0.0.1:{port}/readyz", proc, log, timeout_s=120)
+        yield Served(f"http://127.0.0.1:{port}", proc)
+
+
+@contextmanager
+def serve_classify(
+    cache_dir: Path, log: Path, variant: str = "", env: dict[str, str] | None = None
+) -> Iterator[str]:
+    """The classify service from the cache (`serve_cached`); yield its URL."""
+    with serve_cached("classify", cache_dir, log, {"MODEL_VARIANT": variant, **(env or {})}) as s:
+        yield s.url

@@ -16,6 +16,7 @@ import numpy as np
 from tests.procs import free_port, poll_until, readyz_saying, running, wait_http
 from tests.tinydiffusion import tiny_stable_diffusion
 from tests.tinymodels import seed_cache
+from tests.tinyserve import serve_cached
 from tests.unit.conftest import DEAD_REGISTRY, png_bytes
 
 
@@ -70,19 +71,11 @@ def test_sigterm_lets_the_request_in_flight_finish(tmp_path: Path) -> None:
 def test_sigterm_withdraws_readiness_and_keeps_answering_during_the_drain(tmp_path: Path) -> None:
     seed_cache(tmp_path / "cache")
     drain_s = 2.0
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = {
-        "MLFLOW_TRACKING_URI": DEAD_REGISTRY,
-        "MODEL_CACHE_DIR": str(tmp_path / "cache"),
-        "ONNX_INTRA_OP_THREADS": "1",
-        "SHUTDOWN_DRAIN_S": str(drain_s),
-    }
     log = tmp_path / "classify.log"
     body = png_bytes(np.full((8, 8), 60, np.uint8))
-    cmd = [sys.executable, "-m", "services.classify", "--port", str(port)]
-    with running(cmd, log, env) as proc:
-        wait_http(f"{url}/readyz", proc, log)
+    env = {"SHUTDOWN_DRAIN_S": str(drain_s), "LOG_LEVEL": "INFO"}
+    with serve_cached("classify", tmp_path / "cache", log, env) as served:
+        url, proc = served.url, served.proc
         proc.send_signal(signal.SIGTERM)
         signalled = time.monotonic()
         refused = poll_until(lambda: readyz_saying(url, "shutting down"), 1.5, "503 at once")

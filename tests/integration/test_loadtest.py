@@ -15,8 +15,8 @@ import pytest
 
 from loadtests.users.payloads import DIGITS_FILE, write_digits
 from tests import tinysimilarity
-from tests.procs import ROOT, free_port, running, wait_http
-from tests.tinyserve import DEAD_REGISTRY, seed_two_speed_cache, serve_classify
+from tests.procs import ROOT, free_port
+from tests.tinyserve import DEAD_REGISTRY, seed_two_speed_cache, serve_cached, serve_classify
 
 pytestmark = pytest.mark.integration
 
@@ -141,20 +141,10 @@ def test_similarity_user_runs_live_without_failures(cache: Path, tmp_path: Path)
     """The similarity Locust user (compare, search, embed) against a real similarity process
     serving a tiny bundle whose gallery comes with it."""
     tinysimilarity.seed_cache(tmp_path / "cache")
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = {
-        "MLFLOW_TRACKING_URI": DEAD_REGISTRY,
-        "MODEL_CACHE_DIR": str(tmp_path / "cache"),
-        "ONNX_INTRA_OP_THREADS": "1",
-        "LOG_LEVEL": "WARNING",
-    }
+    load = ["--services", "similarity", "--users", "2", "--spawn-rate", "2", "--duration", "4s"]
     log = tmp_path / "similarity.log"
-    cmd = [sys.executable, "-m", "services.similarity", "--port", str(port)]
-    with running(cmd, log, env) as proc:
-        wait_http(f"{url}/readyz", proc, log)
-        load = ["--services", "similarity", "--users", "2", "--spawn-rate", "2", "--duration", "4s"]
-        done = loadtest("run", url, cache, *load, "--reports", str(tmp_path / "reports"))
+    with serve_cached("similarity", tmp_path / "cache", log) as served:
+        done = loadtest("run", served.url, cache, *load, "--reports", str(tmp_path / "reports"))
     assert done.returncode == 0, done.stdout + done.stderr
     rows = [line for line in done.stdout.splitlines() if line.startswith("| similarity POST")]
     assert {row.split("|")[1].strip() for row in rows} == {
