@@ -49,11 +49,13 @@ def sentences(per_language: int = 6) -> tuple[str, ...]:
 
 
 @cache
-def code_snippets(limit: int = 32) -> tuple[str, ...]:
-    """Standard-library functions without their docstrings, as the summarizer was trained on."""
+def code_snippets(limit: int = 32, max_chars: int = 300) -> tuple[str, ...]:
+    """Standard-library functions without their docstrings, as the summarizer was trained on;
+    short ones, as a client asking for a summary sends (the summarizer's limit is 128 tokens:
+    a longer function is a 400 by design, not a load-test result)."""
     from training.text_data import module_examples, stdlib_root
 
     examples = []
     for module in ("textwrap", "fnmatch", "shlex", "calendar"):
         examples += module_examples(stdlib_root() / f"{module}.py", module)
-    return tuple(example.source for example in examples[:limit])
+    return tuple(e.source for e in examples if len(e.source) <= max_chars)[:limit]
