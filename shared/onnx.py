@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -17,6 +18,23 @@ log = logging.getLogger("modelplane.onnx")
 SMOKE_ATOL = 1e-3
 
 
+def session_options(threads: int) -> Any:
+    """onnxruntime options of every serving session: `threads` intra-op threads, one inter-op,
+    sequential, all graph optimizations, and idle intra-op threads that sleep instead of
+    spinning: spinning workers burn the cores the event loop and the preprocessing threads
+    need. Measured on classify fp32 (2 cores, one busy elsewhere, wrk): concurrency 1 p50
+    23.4 -> 12.8-14.7 ms, concurrency 32 100 -> 119-160 req/s."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
+
+
 class OnnxModel:
     """One onnxruntime session and the tensor specs it was exported with."""
 
@@ -25,11 +43,7 @@ class OnnxModel:
     ) -> None:
         import onnxruntime as ort
 
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = intra_op_threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options = session_options(intra_op_threads)
         try:
             self.session = ort.InferenceSession(
                 str(path), sess_options=options, providers=["CPUExecutionProvider"]

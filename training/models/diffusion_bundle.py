@@ -15,6 +15,7 @@ import torch
 from diffusers import UNet2DModel
 
 from shared.bundle import write_manifest
+from shared.onnx import session_options
 from training.models.diffusion import DigitsDiffusionPipeline, UNetFn
 
 SMOKE_INPUTS = "sample_inputs.npy"
@@ -79,10 +80,9 @@ def onnx_unet_fn(path: Path, threads: int) -> UNetFn:
     """An onnxruntime session as a UNet stand-in for DigitsDiffusionPipeline(unet_fn=...)."""
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        str(path), session_options(threads), providers=["CPUExecutionProvider"]
+    )
 
     def run(sample: torch.Tensor, timestep: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         count = sample.shape[0]

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from shared.onnx import session_options
 from training.models.attention import KV
 from training.models.text import BOS_ID, Memory, Seq2Seq, TextConfig
 
@@ -99,9 +100,7 @@ class OnnxSeq2Seq:
     def __init__(self, directory: Path, config: TextConfig, threads: int) -> None:
         import onnxruntime as ort
 
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
+        options = session_options(threads)
 
         def session(name: str) -> ort.InferenceSession:
             return ort.InferenceSession(
