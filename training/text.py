@@ -7,7 +7,9 @@ Both train a byte-level BPE tokenizer on the training split and ship it in the b
 
 Training: AdamW, linear warmup then cosine decay, gradient clipping and accumulation, autocast
 (bf16 on CPU, fp16 with a grad scaler on CUDA), `--freeze encoder|embeddings`, teacher forcing
-with optional scheduled sampling. `--sweep 1x32,2x64` adds depth x width child runs.
+with optional scheduled sampling and label smoothing. `--sweep 1x32,2x64` adds depth x width
+child runs. `--device auto|cpu|cuda` (auto: CUDA when there is one) holds the model, batches and
+evaluation; weights are saved from CPU copies.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from torch import Tensor, nn
 
 from shared.registry import configure_client, register
 from shared.settings import available_cores
-from training import tracking
+from training import text_data, tracking
 from training.models.text import (
     SPECIAL_TOKENS,
     TOKENIZER_FILE,
@@ -40,9 +42,16 @@ from training.models.text import (
     freeze,
     write_text_bundle,
 )
+from training.text_device import DeviceError, autocast, pick_device, use_grad_scaler
 from training.text_tasks import TASKS, Task
 
 DEFAULT_TRACKING_URI = "http://127.0.0.1:5000"
+# options only one task uses; the other gets these (the tasks' own defaults come first)
+COMMON_DEFAULTS: dict[str, Any] = {
+    "label_smoothing": 0.0,
+    "no_repeat_ngram": 0,
+    "extra_packages": "",
+}
 
 
 def sweep_list(text: str) -> list[tuple[int, int]]:
@@ -90,6 +99,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--eval-limit", type=int, help="test examples decoded for BLEU (generate)")
     add("--sweep", type=sweep_list, default=[], help="depth x width child runs, e.g. 1x32,2x64")
     add("--sweep-epochs", type=int, default=1, help="epochs per sweep run")
+    add("--label-smoothing", type=float, help="generate: cross-entropy label smoothing (0.1)")
+    add(
+        "--no-repeat-ngram",
+        type=int,
+        help="generate: evaluation decoding never repeats an n-gram of this size (0 = off)",
+    )
+    add(
+        "--extra-packages",
+        help="generate: installed packages whose functions join the training split "
+        f"(comma-separated; default {','.join(text_data.EXTRA_PACKAGES)}; quick: none)",
+    )
+    add("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: CUDA if any")
     add("--threads", type=int, default=0, help="torch threads (0 = available cores)")
     add("--seed", type=int, default=0)
     add("--model-name", help="registered model (default text-<task>-torch)")
@@ -97,7 +118,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--experiment", help="MLflow experiment (default text-<task>)")
     args = p.parse_args(argv)
     task: Task = TASKS[args.task]
-    for key, value in (task.quick if args.quick else task.full).items():
+    for key, value in {**COMMON_DEFAULTS, **(task.quick if args.quick else task.full)}.items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)
     args.d_ff = args.d_ff or 2 * args.d_model
@@ -124,12 +145,6 @@ def config_for(args: argparse.Namespace, task: Task, vocab: int, classes: int) -
         positional=args.positional,
         num_classes=classes,
     )
-
-
-def autocast(enabled: bool, device: str) -> Any:
-    """bf16 autocast on CPU, fp16 on CUDA (where the model is); a no-op when disabled."""
-    dtype = torch.float16 if device == "cuda" else torch.bfloat16
-    return torch.autocast(device, dtype=dtype, enabled=enabled)
 
 
 def warmup_cosine(steps: int, warmup: int) -> Callable[[int], float]:
@@ -169,7 +184,7 @@ def fit(
     warmup = args.warmup_steps if args.warmup_steps is not None else max(1, steps // 20)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(steps, warmup))
     device = next(model.parameters()).device.type  # autocast where the weights are
-    scaler = torch.amp.GradScaler(device, enabled=args.amp and device == "cuda")
+    scaler = torch.amp.GradScaler(device, enabled=use_grad_scaler(args.amp, device))
     history: dict[str, list[float]] = {"train_loss": [], "val_loss": []}
     started, step = time.perf_counter(), 0
     for epoch in range(1, epochs + 1):
@@ -206,7 +221,7 @@ def run_sweep(args: argparse.Namespace, task: Task, data: Any, vocab: int) -> No
         child = replace_args(args, layers=depth, d_model=width, d_ff=2 * width)
         config = config_for(child, task, vocab, data.classes)
         torch.manual_seed(args.seed)
-        model = build_model(config)
+        model = build_model(config).to(data.device)
         with mlflow.start_run(run_name=f"sweep {depth}x{width}", nested=True):
             tracking.log_params({"layers": depth, "d_model": width, "epochs": args.sweep_epochs})
             result = fit(
@@ -231,6 +246,11 @@ def replace_args(args: argparse.Namespace, **changes: Any) -> argparse.Namespace
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    try:
+        device = pick_device(args.device)
+    except DeviceError as exc:
+        print(f"python -m training.text: error: {exc}", file=sys.stderr)
+        return 2
     torch.set_num_threads(args.threads or available_cores())
     random.seed(args.seed)
     np.random.seed(args.seed)
@@ -240,9 +260,10 @@ def main(argv: list[str] | None = None) -> int:
     task: Task = TASKS[args.task]
     started = time.perf_counter()
     data = task.load(args)
+    data.device = device
     tokenizer = data.tokenizer
     config = config_for(args, task, tokenizer.get_vocab_size(), data.classes)
-    model = build_model(config)
+    model = build_model(config).to(device)
     trainable = freeze(model, args.freeze)
     mlflow.set_experiment(args.experiment)
     with mlflow.start_run(run_name=f"{args.model_name} {args.layers}x{args.d_model}") as run:
@@ -258,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
         mlflow.log_metrics(
             {"parameter_count": tracking.parameter_count(model), "trainable_parameters": trainable}
         )
-        say(f"run {run.info.run_id}: {args.task}, {data.sizes()}, config {config.to_dict()}")
+        say(f"run {run.info.run_id}: {args.task} on {device}, {data.sizes()}, {config.to_dict()}")
         result = fit(
             model, task, data.batches, lambda: task.val_loss(model, data), args, args.epochs
         )
@@ -279,6 +300,8 @@ def main(argv: list[str] | None = None) -> int:
                 source={"run_id": run.info.run_id, "git_commit": tracking.git_commit()},
                 metrics={k: v for k, v in metrics.items() if not k.startswith("baseline")},
                 special_tokens=SPECIAL_TOKENS,
+                input_format=task.input_format,
+                **task.decoding_rules(args),
                 **task.io_specs(data),
             )
             version = register(

@@ -5,6 +5,8 @@
 - Code summarization: functions of this interpreter's standard library, parsed with `ast`;
   input = the function's source without its docstring (ast.unparse), target = the docstring's
   first sentence. Deduplicated, and split by module so test functions come from unseen modules.
+  Training may add the functions of installed scientific packages (train split only).
+  `code_input` is the model's view of a source (identifiers as words), shared with the service.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import hashlib
 import random
 import re
 import sysconfig
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,8 +37,17 @@ LANGUAGES = {
 }
 SPLIT_SEEDS = {"train": 0, "val": 1, "test": 2}
 SKIPPED_PARTS = {"test", "tests", "idlelib", "turtledemo", "site-packages", "__pycache__"}
+# vendored copies of other projects (some are stdlib backports: they could leak test modules)
+VENDORED_PARTS = {"_vendor", "vendor", "vendored", "externals", "_externals"}
 MAX_SOURCE_CHARS = 2000
 SUMMARY_WORDS = (3, 24)
+# installed with the train extra (directly or as a dependency); their functions only ever
+# join the training split, so the held-out split stays "stdlib packages never seen"
+EXTRA_PACKAGES = ("numpy", "scipy", "sklearn", "matplotlib", "pandas")
+RAW_INPUT, WORDS_INPUT = "raw", "identifier-words"
+_CODE_TOKEN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*|\d+|\S")
+_WORD_PART = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|\d+")
+_DEF_NAME = re.compile(r"\bdef\s+([A-Za-z_][A-Za-z0-9_]*)")
 
 
 @dataclass(frozen=True)
@@ -81,6 +92,34 @@ class CodeExample:
         return self.name.replace("_", " ").strip()
 
 
+def identifier_words(identifier: str) -> list[str]:
+    """`_convert_other` → ["convert", "other"], `TarFile` → ["tar", "file"] (lower case)."""
+    return [part.lower() for part in _WORD_PART.findall(identifier)]
+
+
+def code_input(source: str, input_format: str = WORDS_INPUT) -> str:
+    """The summarizer's view of a source: the function name's words first, then the code with
+    every identifier split into lower-case words and tokens separated by single spaces.
+
+    Summaries reuse the words of names (`is_subnormal` → "Return True if ... subnormal"); as
+    separate words they become the same BPE tokens the summary uses, which the tied embeddings
+    let the decoder copy. Whitespace carries little here and costs tokens, so more of the body
+    fits the token limit. Training and the service both call this (the bundle names the
+    format), so a model always sees what it was trained on. `raw` leaves the text alone.
+    """
+    if input_format == RAW_INPUT:
+        return source
+    if input_format != WORDS_INPUT:
+        raise ValueError(f"unknown summarizer input format {input_format!r}")
+    pieces: list[str] = []
+    for token in _CODE_TOKEN.findall(source):
+        is_name = token[0].isalpha() or token[0] == "_"
+        pieces.extend((identifier_words(token) or [token]) if is_name else [token])
+    name = _DEF_NAME.search(source)
+    head = [*identifier_words(name.group(1)), ":"] if name else []
+    return " ".join(head + pieces)
+
+
 def stdlib_root() -> Path:
     return Path(sysconfig.get_paths()["stdlib"])
 
@@ -121,14 +160,31 @@ def module_examples(path: Path, module: str) -> list[CodeExample]:
 
 def stdlib_modules(root: Path | None = None) -> list[tuple[Path, str]]:
     """(file, dotted module name) of the standard library's Python files, sorted."""
-    root = root or stdlib_root()
+    return python_files(root or stdlib_root())
+
+
+def python_files(root: Path, prefix: tuple[str, ...] = ()) -> list[tuple[Path, str]]:
+    """(file, dotted module name) of the Python files under `root`, sorted; tests, vendored
+    copies and caches left out."""
     found = []
     for path in sorted(root.rglob("*.py")):
         relative = path.relative_to(root)
-        if SKIPPED_PARTS & set(relative.parts) or relative.name.startswith("test_"):
+        parts = set(relative.parts)
+        if (SKIPPED_PARTS | VENDORED_PARTS) & parts or relative.name.startswith("test_"):
             continue
-        found.append((path, ".".join(relative.with_suffix("").parts)))
+        found.append((path, ".".join((*prefix, *relative.with_suffix("").parts))))
     return found
+
+
+def package_examples(packages: Sequence[str]) -> list[CodeExample]:
+    """Functions of installed packages (those not installed are skipped), sorted by module."""
+    site = Path(sysconfig.get_paths()["purelib"])
+    examples = []
+    for package in packages:
+        if (site / package).is_dir():
+            for path, module in python_files(site / package, (package,)):
+                examples += module_examples(path, module)
+    return examples
 
 
 def split_of(module: str) -> str:
@@ -137,8 +193,14 @@ def split_of(module: str) -> str:
     return "test" if bucket < 2 else "val" if bucket == 2 else "train"
 
 
-def code_splits(limit: int | None = None) -> dict[str, list[CodeExample]]:
-    """Deduplicated stdlib functions split by module; `limit` caps each split (quick runs)."""
+def code_splits(
+    limit: int | None = None, extra_packages: Sequence[str] = ()
+) -> dict[str, list[CodeExample]]:
+    """Deduplicated stdlib functions split by module; `limit` caps each split (quick runs).
+
+    `extra_packages`' functions join the training split only, minus any whose source or
+    (name, summary) a val/test function has: a copy of a held-out function must not leak.
+    """
     splits: dict[str, list[CodeExample]] = {"train": [], "val": [], "test": []}
     seen: set[str] = set()
     for path, module in stdlib_modules():
@@ -151,6 +213,12 @@ def code_splits(limit: int | None = None) -> dict[str, list[CodeExample]]:
             splits[split_of(module)].append(example)
     if limit is not None:
         splits = {name: examples[:limit] for name, examples in splits.items()}
+    held_out = {(e.name, e.summary) for name in ("val", "test") for e in splits[name]}
+    for example in package_examples(extra_packages):
+        if example.source in seen or (example.name, example.summary) in held_out:
+            continue
+        seen.add(example.source)
+        splits["train"].append(example)
     return splits
 
 

@@ -44,6 +44,23 @@ def chunks(count: int, size: int, seed: int) -> Iterator[list[int]]:
         yield order[start : start + size]
 
 
+def bucketed_chunks(
+    lengths: Sequence[int], size: int, seed: int, pool: int = 64
+) -> Iterator[list[int]]:
+    """Batches of similar lengths: shuffle, sort each pool of `pool` batches by length, cut,
+    shuffle the batches. Far less padding than random batches (sources vary 10-128 tokens),
+    so an epoch costs less, while every epoch still sees a different random grouping."""
+    rng = random.Random(seed)
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    batches = []
+    for start in range(0, len(order), size * pool):
+        chunk = sorted(order[start : start + size * pool], key=lambda i: lengths[i])
+        batches += [chunk[i : i + size] for i in range(0, len(chunk), size)]
+    rng.shuffle(batches)
+    yield from batches
+
+
 @dataclass
 class TextData:
     """Encoded splits, the tokenizer and how to batch the training split."""
@@ -55,6 +72,8 @@ class TextData:
     batch_size: int
     seed: int
     raw: dict[str, Any] = field(default_factory=dict)
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    bucket: bool = False  # batch similar lengths together (see `bucketed_chunks`)
 
     @property
     def classes(self) -> int:
@@ -64,15 +83,20 @@ class TextData:
         return {f"{name}_size": len(rows) for name, rows in self.inputs.items()}
 
     def batches(self, epoch: int) -> Iterator[tuple[Tensor, ...]]:
-        for index in chunks(len(self.inputs["train"]), self.batch_size, self.seed + epoch):
+        rows = self.inputs["train"]
+        if self.bucket:
+            order = bucketed_chunks([len(r) for r in rows], self.batch_size, self.seed + epoch)
+        else:
+            order = chunks(len(rows), self.batch_size, self.seed + epoch)
+        for index in order:
             yield self.batch("train", index)
 
     def batch(self, split: str, index: Sequence[int]) -> tuple[Tensor, ...]:
+        """Padded ids and targets of `index`, on the training device."""
         ids = pad([self.inputs[split][i] for i in index])
         targets = [self.targets[split][i] for i in index]
-        if isinstance(targets[0], int):
-            return ids, torch.tensor(targets)
-        return ids, pad(targets)
+        labels = torch.tensor(targets) if isinstance(targets[0], int) else pad(targets)
+        return ids.to(self.device), labels.to(self.device)
 
 
 def log_png(png: bytes, artifact: str) -> None:
@@ -88,12 +112,19 @@ class Task:
     kind: ClassVar[str]
     quick: ClassVar[dict[str, Any]]
     full: ClassVar[dict[str, Any]]
+    # how a text becomes the model's input (`text_data.code_input`); recorded in the bundle
+    input_format: ClassVar[str] = text_data.RAW_INPUT
+    label_smoothing = 0.0
 
     def load(self, args: argparse.Namespace) -> TextData:
         raise NotImplementedError
 
     def io_specs(self, data: TextData) -> dict[str, Any]:
         """Tensor specs for the manifest (none: the generator is served with PyTorch)."""
+        return {}
+
+    def decoding_rules(self, args: argparse.Namespace) -> dict[str, Any]:
+        """Manifest fields naming how the evaluation decoded (none: a classifier)."""
         return {}
 
     def batch_count(self, args: argparse.Namespace) -> int:
@@ -186,7 +217,7 @@ class Classify(Task):
             model(data.batch(split, range(s, min(s + 128, rows)))[0]).argmax(1)
             for s in range(0, rows, 128)
         ]
-        return torch.cat(out).numpy()
+        return torch.cat(out).cpu().numpy()
 
     def sweep_metrics(self, model: nn.Module, data: TextData) -> dict[str, float]:
         predicted = self.predict(model, data, "test")
@@ -201,9 +232,9 @@ class Classify(Task):
             "plots/confusion_matrix.png",
         )
         for i in range(3):
-            ids = torch.tensor([data.inputs["test"][i]])
+            ids = torch.tensor([data.inputs["test"][i]], device=data.device)
             with torch.no_grad():
-                weights = model.attention_maps(ids)[-1][0, 0].numpy()
+                weights = model.attention_maps(ids)[-1][0, 0].float().cpu().numpy()
             tokens = [data.tokenizer.id_to_token(t) for t in data.inputs["test"][i]]
             log_png(attention_png(weights, tokens, tokens), f"plots/attention_{i}.png")
         return {k: v for k, v in metrics.items() if k in {"test_accuracy", "test_macro_f1"}}
@@ -224,42 +255,60 @@ class Generate(Task):
         "lr": 3e-3,
         "max_len": 64,
         "eval_limit": 4,
+        "extra_packages": "",
     }
     full: ClassVar[dict[str, Any]] = {
         "layers": 2,
         "d_model": 128,
         "heads": 4,
         "vocab_size": 4000,
-        "epochs": 4,
+        "epochs": 5,
         "batch_size": 32,
         "train_limit": None,
         "lr": 2e-3,
         "max_len": 128,
         "eval_limit": 200,
+        "extra_packages": ",".join(text_data.EXTRA_PACKAGES),
+        "label_smoothing": 0.1,
+        "no_repeat_ngram": 2,
     }
+    input_format = text_data.WORDS_INPUT
 
     def load(self, args: argparse.Namespace) -> TextData:
-        splits = text_data.code_splits(args.train_limit)
-        corpus = [t for e in splits["train"] for t in (e.source, e.summary)]
+        packages = [p for p in args.extra_packages.split(",") if p]
+        splits = text_data.code_splits(args.train_limit, packages)
+        sources = {
+            k: [text_data.code_input(e.source, self.input_format) for e in s]
+            for k, s in splits.items()
+        }
+        corpus = [*sources["train"], *(e.summary for e in splits["train"])]
         tokenizer = text_data.train_tokenizer(corpus, args.vocab_size, SPECIAL_TOKENS)
         args.train_size = len(splits["train"])
-        inputs = {
-            k: tokenize(tokenizer, [e.source for e in s], args.max_len) for k, s in splits.items()
-        }
+        inputs = {k: tokenize(tokenizer, rows, args.max_len) for k, rows in sources.items()}
         summaries = {
             k: tokenize(tokenizer, [e.summary for e in s], MAX_TARGET_TOKENS - 2)
             for k, s in splits.items()
         }
         targets = {k: [[BOS_ID, *t, EOS_ID] for t in rows] for k, rows in summaries.items()}
-        return TextData(tokenizer, [], inputs, targets, args.batch_size, args.seed, raw=splits)
+        self.label_smoothing = args.label_smoothing
+        return TextData(
+            tokenizer, [], inputs, targets, args.batch_size, args.seed, raw=splits, bucket=True
+        )
+
+    def decoding_rules(self, args: argparse.Namespace) -> dict[str, Any]:
+        """The rules the evaluation decoded with; the service applies them to every request."""
+        return {"decoding": {"no_repeat_ngram": args.no_repeat_ngram}}
 
     def loss(self, model: nn.Module, batch: tuple[Tensor, ...], sampling: float) -> Tensor:
         src, tgt = batch
         tgt_in, tgt_out = tgt[:, :-1], tgt[:, 1:]
         if sampling > 0 and model.training:
             tgt_in = self.scheduled_inputs(model, src, tgt_in, sampling)
-        logits = model(src, tgt_in)
-        return F.cross_entropy(logits.flatten(0, 1).float(), tgt_out.flatten(), ignore_index=PAD_ID)
+        logits = model(src, tgt_in).flatten(0, 1).float()
+        smoothing = self.label_smoothing if model.training else 0.0  # val loss: true perplexity
+        return F.cross_entropy(
+            logits, tgt_out.flatten(), ignore_index=PAD_ID, label_smoothing=smoothing
+        )
 
     @staticmethod
     def scheduled_inputs(model: nn.Module, src: Tensor, tgt_in: Tensor, rate: float) -> Tensor:
@@ -267,7 +316,7 @@ class Generate(Task):
         teacher-forced predictions, so training sees the mistakes decoding will make."""
         with torch.no_grad():
             predicted = model(src, tgt_in).argmax(-1)
-        swap = torch.rand(tgt_in.shape) < rate
+        swap = torch.rand(tgt_in.shape, device=tgt_in.device) < rate
         swap[:, 0] = False
         shifted = torch.cat([tgt_in[:, :1], predicted[:, :-1]], dim=1)
         return torch.where(swap & (tgt_in != PAD_ID), shifted, tgt_in)
@@ -275,9 +324,16 @@ class Generate(Task):
     def sweep_metrics(self, model: nn.Module, data: TextData) -> dict[str, float]:
         return {"test_perplexity": math.exp(self.val_loss(model, data, "test"))}
 
-    def decode_all(self, model: nn.Module, data: TextData, count: int, strategy: str) -> list[str]:
+    def decode_all(
+        self, model: nn.Module, data: TextData, count: int, strategy: str, no_repeat: int
+    ) -> list[str]:
         model.eval()
-        options = DecodeOptions(strategy=strategy, max_new_tokens=MAX_TARGET_TOKENS, num_beams=4)
+        options = DecodeOptions(
+            strategy=strategy,
+            max_new_tokens=MAX_TARGET_TOKENS,
+            num_beams=4,
+            no_repeat_ngram=no_repeat,
+        )
         return [
             data.tokenizer.decode(generate(model, data.inputs["test"][i], options)).strip()
             for i in range(count)
@@ -288,7 +344,7 @@ class Generate(Task):
         examples = data.raw["test"][: args.eval_limit or len(data.raw["test"])]
         references = [e.summary for e in examples]
         for strategy in ("greedy", "beam"):
-            hypotheses = self.decode_all(model, data, len(examples), strategy)
+            hypotheses = self.decode_all(model, data, len(examples), strategy, args.no_repeat_ngram)
             scores = generation_scores(hypotheses, references)
             metrics.update({f"{strategy}_{k}": v for k, v in scores.items()})
             if strategy == "greedy":
@@ -307,14 +363,14 @@ class Generate(Task):
         """Cross-attention (last layer, head 0) of the reference summary over the source."""
         model.eval()
         for i in range(min(2, len(data.inputs["test"]))):
-            src = torch.tensor([data.inputs["test"][i][:48]])
-            tgt = torch.tensor([data.targets["test"][i][:-1]])
+            src = torch.tensor([data.inputs["test"][i][:48]], device=data.device)
+            tgt = torch.tensor([data.targets["test"][i][:-1]], device=data.device)
             with torch.no_grad():
                 maps = model.decode(tgt, model.encode(src))[2]
             names = [data.tokenizer.id_to_token(t) for t in src[0].tolist()]
             queries = [data.tokenizer.id_to_token(t) for t in tgt[0].tolist()]
             log_png(
-                attention_png(maps[-1][0, 0].numpy(), queries, names),
+                attention_png(maps[-1][0, 0].float().cpu().numpy(), queries, names),
                 f"plots/cross_attention_{i}.png",
             )
 

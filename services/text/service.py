@@ -37,6 +37,7 @@ from shared.onnx import OnnxModel
 from shared.registry import FetchedModel, fetch
 from shared.service import ModelService
 from shared.settings import ServingSettings
+from training.text_data import RAW_INPUT, code_input
 
 TOKENIZER = "tokenizer.json"
 
@@ -204,6 +205,7 @@ class Generation:
     def __init__(self, fetched: FetchedModel, threads: int, options: TextSettings) -> None:
         import torch
 
+        from training.models.decoding import recorded_rules
         from training.models.text import TextConfig, load_text_bundle
         from training.models.text_onnx import OnnxSeq2Seq
 
@@ -217,6 +219,10 @@ class Generation:
         else:
             self.model = load_text_bundle(bundle)
         self.tokens = Tokens(bundle)
+        # the model's view of a text, exactly as training prepared its inputs
+        self.input_format = str(bundle.preprocessing.get("input_format", RAW_INPUT))
+        code_input("def f(): pass", self.input_format)  # an unknown format fails the load
+        self.rules = recorded_rules(bundle.manifest)  # decoded as the model was evaluated
         self.options = options
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="text-generate")
         self.waiting = 0
@@ -253,7 +259,7 @@ class Generation:
     def prepare(self, request: GenerateRequest) -> list[int]:
         """Checked source token ids (a 4xx before anything queues)."""
         check_text(request.text, "text", self.options.max_chars)
-        return self.tokens.encode(request.text, "text")
+        return self.tokens.encode(code_input(request.text, self.input_format), "text")
 
     def run(
         self,
@@ -274,6 +280,7 @@ class Generation:
             top_k=request.top_k,
             top_p=request.top_p,
             seed=seed,
+            **self.rules,
         )
         ids: list[int] = []
         sent = [""]

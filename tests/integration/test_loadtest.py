@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from loadtests.users.payloads import DIGITS_FILE, write_digits
-from tests import tinysimilarity
+from tests import tinysimilarity, tinytext
 from tests.procs import ROOT, free_port
 from tests.tinyserve import DEAD_REGISTRY, seed_two_speed_cache, serve_cached, serve_classify
 
@@ -151,6 +151,24 @@ def test_similarity_user_runs_live_without_failures(cache: Path, tmp_path: Path)
         "similarity POST /v1/similarity/compare",
         "similarity POST /v1/similarity/search",
         "similarity POST /v1/similarity/embed",
+    }
+    for row in rows:
+        requests, failures = (int(cell) for cell in row.split("|")[2:4])
+        assert requests > 0 and failures == 0, row
+
+
+def test_text_user_runs_live_without_failures(cache: Path, tmp_path: Path) -> None:
+    """The text Locust user (language ID batches, code summaries) against a real text process
+    serving the tiny classifier and summarizer the tests build."""
+    tinytext.seed_cache(tmp_path / "cache")
+    load = ["--services", "text", "--users", "2", "--spawn-rate", "2", "--duration", "4s"]
+    with serve_cached("text", tmp_path / "cache", tmp_path / "text.log") as served:
+        done = loadtest("run", served.url, cache, *load, "--reports", str(tmp_path / "reports"))
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| text POST")]
+    assert {row.split("|")[1].strip() for row in rows} == {
+        "text POST /v1/text/classify",
+        "text POST /v1/text/generate",
     }
     for row in rows:
         requests, failures = (int(cell) for cell in row.split("|")[2:4])

@@ -32,11 +32,13 @@ def service(mlflow_server: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
     workdir = tmp_path_factory.mktemp("text")
     env = {"MLFLOW_TRACKING_URI": mlflow_server}
     # the training options ride along: freezing, accumulation, autocast, scheduled sampling,
-    # learned positions and a one-point depth x width sweep (a child run)
+    # learned positions, label smoothing, no repeated n-grams when evaluating, the device
+    # choice (auto: the CPU here) and a one-point depth x width sweep (a child run)
     options = {
         "classify": ["--freeze", "embeddings", "--accum-steps", "2"],
         "generate": ["--amp", "--scheduled-sampling", "0.5", "--positional", "learned",
-                     "--sweep", "1x16"],
+                     "--sweep", "1x16", "--label-smoothing", "0.1", "--no-repeat-ngram", "3",
+                     "--device", "auto"],
     }  # fmt: skip
     for task in ("classify", "generate"):
         run_module("training.text", "--task", task, "--quick", "--threads", "1", *options[task],
@@ -146,12 +148,18 @@ def test_classify_agrees_with_pytorch_in_batches(service: Served) -> None:
 
 
 def test_greedy_is_deterministic_and_equals_the_pytorch_reference(service: Served) -> None:
-    from training.models.decoding import DecodeOptions, generate
+    from training.models.decoding import DecodeOptions, generate, recorded_rules
+    from training.text_data import WORDS_INPUT, code_input
 
     model, bundle = reference(service, "text-generate-torch")
     tokenizer = tokenizer_of(bundle)
+    # training recorded how it prepared sources; the service must prepare requests the same way
+    assert bundle.preprocessing["input_format"] == WORDS_INPUT
     source = "def area(width, height):\n    return width * height"
-    expected = generate(model, tokenizer.encode(source).ids, DecodeOptions(max_new_tokens=12))
+    ids = tokenizer.encode(code_input(source, WORDS_INPUT)).ids
+    # and decode by the rules its evaluation used (no repeated 3-grams, as trained above)
+    assert recorded_rules(bundle.manifest) == {"no_repeat_ngram": 3}
+    expected = generate(model, ids, DecodeOptions(max_new_tokens=12, no_repeat_ngram=3))
     body = {"text": source, "max_new_tokens": 12}
     first, second = (
         post(service, "/v1/text/generate", body),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from tokenizers import Tokenizer
 
 from training import text_data
@@ -46,3 +47,43 @@ def test_bpe_tokenizer_round_trips_through_tokenizer_json(tmp_path: Path) -> Non
         ids = loaded.encode(text).ids
         assert ids == tokenizer.encode(text).ids
         assert loaded.decode(ids) == text
+
+
+def test_code_input_puts_the_name_first_and_splits_identifiers_into_words() -> None:
+    source = "def isSubnormal_v2(self, a):\n    return a._convert_other(TarFile)"
+    assert text_data.code_input(source) == (
+        "is subnormal v 2 : def is subnormal v 2 ( self , a ) : "
+        "return a . convert other ( tar file )"
+    )
+    assert text_data.code_input("just some words") == "just some words"  # not code: no name
+
+
+def test_code_input_raw_format_leaves_the_text_alone_and_unknown_formats_fail() -> None:
+    source = "def f(x):\n    return x"
+    assert text_data.code_input(source, text_data.RAW_INPUT) == source
+    with pytest.raises(ValueError, match="unknown summarizer input format"):
+        text_data.code_input(source, "pig-latin")
+
+
+def test_code_input_lets_the_summary_reuse_the_words_of_the_name() -> None:
+    """The words of a summary found in the input: split identifiers make far more of them."""
+    examples = text_data.code_splits(limit=40)["test"]
+
+    def found(text: str, summary: str) -> int:
+        words = set(text.lower().split())
+        return sum(w.strip(".,").lower() in words for w in summary.split())
+
+    raw = sum(found(e.source, e.summary) for e in examples)
+    words = sum(found(text_data.code_input(e.source), e.summary) for e in examples)
+    assert words > 1.5 * raw
+
+
+def test_extra_packages_join_only_the_training_split() -> None:
+    plain = text_data.code_splits(limit=5)
+    extra = text_data.code_splits(limit=5, extra_packages=["sacrebleu", "not_installed_pkg"])
+    assert extra["val"] == plain["val"] and extra["test"] == plain["test"]
+    added = extra["train"][5:]
+    assert added and all(e.module.startswith("sacrebleu.") for e in added)
+    held_out = {(e.name, e.summary) for e in plain["val"] + plain["test"]}
+    assert not held_out & {(e.name, e.summary) for e in added}
+    assert len({e.source for e in extra["train"]}) == len(extra["train"])

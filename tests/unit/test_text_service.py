@@ -53,6 +53,9 @@ def test_top_k_and_top_p_filters_keep_the_likeliest_tokens() -> None:
     kept_p = torch.isfinite(filter_logits(logits, top_k=0, top_p=0.7))
     assert kept_p.tolist() == [True, True, False, False]
     assert torch.isfinite(filter_logits(logits, top_k=0, top_p=0.01)).sum() == 1
+    # a top_p that underflows float32 still keeps the likeliest token (sampling stays finite)
+    tiny = filter_logits(logits, top_k=0, top_p=5e-324)
+    assert torch.isfinite(tiny).tolist() == [True, False, False, False]
 
 
 def test_attention_png_has_one_cell_per_token_pair() -> None:

@@ -89,9 +89,10 @@ def smoke_cases(fetched: FetchedModel, model: torch.nn.Module, count: int) -> li
 
     tokenizer = Tokenizer.from_file(str(fetched.bundle.file(TOKENIZER_FILE)))
     limit = int(fetched.bundle.preprocessing["max_len"])
+    input_format = fetched.bundle.preprocessing.get("input_format", text_data.RAW_INPUT)
     cases = []
     for example in text_data.code_splits(limit=count)["test"][:count]:
-        ids = tokenizer.encode(example.source).ids[:limit]
+        ids = tokenizer.encode(text_data.code_input(example.source, input_format)).ids[:limit]
         text = tokenizer.decode(ids)
         case = {"text": text, "src": ids, "greedy": generate(model, ids, GREEDY)}
         case.update({o.strategy: generate(model, ids, o) for o in CHECKS})

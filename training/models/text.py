@@ -198,9 +198,14 @@ def write_text_bundle(
     model: nn.Module,
     config: TextConfig,
     tokenizer_file: Path,
+    input_format: str = "raw",
     **manifest: Any,
 ) -> dict[str, Any]:
-    """A `<task>-torch` bundle: safetensors weights, the tokenizer and the config (no pickles)."""
+    """A `<task>-torch` bundle: safetensors weights, the tokenizer and the config (no pickles).
+
+    `input_format` names how a text becomes the model's input (`text_data.code_input`), so the
+    service prepares requests exactly as training prepared the data.
+    """
     # clones: safetensors refuses tensors that share storage (the tied embedding)
     state = {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(directory / WEIGHTS_FILE))
@@ -219,6 +224,7 @@ def write_text_bundle(
                 "bos_id": BOS_ID,
                 "eos_id": EOS_ID,
                 "max_len": config.max_len,
+                "input_format": input_format,
             },
             **manifest,
         },
