@@ -1,7 +1,7 @@
 """`make loadtest` and the latency regression gate, headless against a real classify process:
 a smoke run without failures, a gate that passes on its own baseline, fails on a genuinely
 slower model variant (like fp32 served against an int8 baseline) and on failing requests; the
-similarity user live against a real similarity process."""
+similarity and text users live against real processes of those services."""
 
 from __future__ import annotations
 
@@ -137,39 +137,27 @@ def test_gate_fails_when_more_than_one_percent_of_requests_fail(
     assert "100.00% of the requests failed" in failing.stdout
 
 
-def test_similarity_user_runs_live_without_failures(cache: Path, tmp_path: Path) -> None:
-    """The similarity Locust user (compare, search, embed) against a real similarity process
-    serving a tiny bundle whose gallery comes with it."""
-    tinysimilarity.seed_cache(tmp_path / "cache")
-    load = ["--services", "similarity", "--users", "2", "--spawn-rate", "2", "--duration", "4s"]
-    log = tmp_path / "similarity.log"
-    with serve_cached("similarity", tmp_path / "cache", log) as served:
-        done = loadtest("run", served.url, cache, *load, "--reports", str(tmp_path / "reports"))
-    assert done.returncode == 0, done.stdout + done.stderr
-    rows = [line for line in done.stdout.splitlines() if line.startswith("| similarity POST")]
-    assert {row.split("|")[1].strip() for row in rows} == {
-        "similarity POST /v1/similarity/compare",
-        "similarity POST /v1/similarity/search",
-        "similarity POST /v1/similarity/embed",
-    }
-    for row in rows:
-        requests, failures = (int(cell) for cell in row.split("|")[2:4])
-        assert requests > 0 and failures == 0, row
+#: service → (how its cache gets a tiny bundle, the endpoints its Locust user calls)
+LIVE_USERS = {
+    "similarity": (
+        tinysimilarity.seed_cache,  # the gallery comes with the bundle
+        {"POST /v1/similarity/compare", "POST /v1/similarity/search", "POST /v1/similarity/embed"},
+    ),
+    "text": (tinytext.seed_cache, {"POST /v1/text/classify", "POST /v1/text/generate"}),
+}
 
 
-def test_text_user_runs_live_without_failures(cache: Path, tmp_path: Path) -> None:
-    """The text Locust user (language ID batches, code summaries) against a real text process
-    serving the tiny classifier and summarizer the tests build."""
-    tinytext.seed_cache(tmp_path / "cache")
-    load = ["--services", "text", "--users", "2", "--spawn-rate", "2", "--duration", "4s"]
-    with serve_cached("text", tmp_path / "cache", tmp_path / "text.log") as served:
+@pytest.mark.parametrize("service", sorted(LIVE_USERS))
+def test_service_user_runs_live_without_failures(service: str, cache: Path, tmp_path: Path) -> None:
+    """A service's Locust user against a real process of it serving a tiny bundle."""
+    seed, endpoints = LIVE_USERS[service]
+    seed(tmp_path / "cache")
+    load = ["--services", service, "--users", "2", "--spawn-rate", "2", "--duration", "4s"]
+    with serve_cached(service, tmp_path / "cache", tmp_path / f"{service}.log") as served:
         done = loadtest("run", served.url, cache, *load, "--reports", str(tmp_path / "reports"))
     assert done.returncode == 0, done.stdout + done.stderr
-    rows = [line for line in done.stdout.splitlines() if line.startswith("| text POST")]
-    assert {row.split("|")[1].strip() for row in rows} == {
-        "text POST /v1/text/classify",
-        "text POST /v1/text/generate",
-    }
+    rows = [line for line in done.stdout.splitlines() if line.startswith(f"| {service} POST")]
+    assert {row.split("|")[1].strip() for row in rows} == {f"{service} {e}" for e in endpoints}
     for row in rows:
         requests, failures = (int(cell) for cell in row.split("|")[2:4])
         assert requests > 0 and failures == 0, row
