@@ -22,8 +22,9 @@ def session_options(threads: int) -> Any:
     """onnxruntime options of every serving session: `threads` intra-op threads, one inter-op,
     sequential, all graph optimizations, and idle intra-op threads that sleep instead of
     spinning: spinning workers burn the cores the event loop and the preprocessing threads
-    need. Measured on classify fp32 (2 cores, one busy elsewhere, wrk): concurrency 1 p50
-    23.4 -> 12.8-14.7 ms, concurrency 32 100 -> 119-160 req/s."""
+    need. Measured on classify fp32 (2 cores, wrk, alternating runs): with one core busy
+    elsewhere, concurrency 1 p50 23.4 -> 12.8-14.7 ms and concurrency 32 100 -> 119-160
+    req/s; on the idle machine the two settings were within noise of each other."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
