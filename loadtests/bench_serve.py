@@ -238,13 +238,18 @@ def bench_service(
         return rows, facts
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="make bench-serve", description=__doc__.split("\n")[0])
+def model_arguments(parser: argparse.ArgumentParser) -> None:
+    """--model-uri, --tracking-uri and --cache-dir: which bundle a benchmark serves."""
     parser.add_argument("--model-uri", default="models:/classify@production")
     parser.add_argument(
         "--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
     )
     parser.add_argument("--cache-dir", type=Path, default=Path(".modelplane/cache"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="make bench-serve", description=__doc__.split("\n")[0])
+    model_arguments(parser)
     parser.add_argument(
         "--variants", default="", help="comma list; default: fp32 + the bundle default"
     )

@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from loadtests.bench_serve import digit_png, rss_mb, served, warm_up, wrk
+from loadtests.bench_serve import digit_png, model_arguments, rss_mb, served, warm_up, wrk
 
 
 def open_fds(pid: int) -> int:
@@ -38,11 +38,7 @@ def slope_per_1k(requests: list[int], values: list[float]) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="make soak", description=__doc__.split("\n")[0])
-    parser.add_argument("--model-uri", default="models:/classify@production")
-    parser.add_argument(
-        "--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
-    )
-    parser.add_argument("--cache-dir", type=Path, default=Path(".modelplane/cache"))
+    model_arguments(parser)
     parser.add_argument("--variant", default="", help="bundle variant (default: the bundle's)")
     parser.add_argument("--minutes", type=float, default=5.0)
     parser.add_argument("--segment-s", type=float, default=15.0, help="seconds between samples")
