@@ -5,30 +5,22 @@ from __future__ import annotations
 
 import base64
 import io
-import sys
 from pathlib import Path
 
 import httpx
 from PIL import Image
 
-from tests.procs import free_port, running, wait_http
 from tests.tinydiffusion import tiny_stable_diffusion
-from tests.unit.conftest import DEAD_REGISTRY
+from tests.tinyserve import serve_cached
 
 
 def test_generate_serves_a_local_pipeline_directory(tmp_path: Path) -> None:
     pipeline_dir = tiny_stable_diffusion(tmp_path / "pipeline")
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = {
-        "GENERATE_PIPELINE_DIR": str(pipeline_dir),
-        "MLFLOW_TRACKING_URI": DEAD_REGISTRY,  # never asked: the directory is the model
-        "MODEL_CACHE_DIR": str(tmp_path / "unused-cache"),
-        "ONNX_INTRA_OP_THREADS": "1",
-    }
-    cmd = [sys.executable, "-m", "services.generate", "--port", str(port)]
-    with running(cmd, tmp_path / "generate.log", env) as proc:
-        wait_http(f"{url}/readyz", proc, tmp_path / "generate.log", timeout_s=120)
+    # the registry is never asked (the directory is the model); INFO logs would show it
+    env = {"GENERATE_PIPELINE_DIR": str(pipeline_dir), "LOG_LEVEL": "INFO"}
+    log = tmp_path / "generate.log"
+    with serve_cached("generate", tmp_path / "unused-cache", log, env) as served:
+        url = served.url
         request = {"prompt": "a red cat", "width": 32, "height": 24, "steps": 2, "seed": 3}
         answer = httpx.post(f"{url}/v1/generate", json=request, timeout=120)
         assert answer.status_code == 200, answer.text

@@ -5,7 +5,6 @@ refused, and the process exits cleanly within the graceful timeout. With a drain
 from __future__ import annotations
 
 import signal
-import sys
 import threading
 import time
 from pathlib import Path
@@ -13,27 +12,19 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from tests.procs import free_port, poll_until, readyz_saying, running, wait_http
+from tests.procs import poll_until, readyz_saying
 from tests.tinydiffusion import tiny_stable_diffusion
 from tests.tinymodels import seed_cache
 from tests.tinyserve import serve_cached
-from tests.unit.conftest import DEAD_REGISTRY, png_bytes
+from tests.unit.conftest import png_bytes
 
 
 def test_sigterm_lets_the_request_in_flight_finish(tmp_path: Path) -> None:
     pipeline_dir = tiny_stable_diffusion(tmp_path / "pipeline")
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = {
-        "GENERATE_PIPELINE_DIR": str(pipeline_dir),
-        "MLFLOW_TRACKING_URI": DEAD_REGISTRY,
-        "MODEL_CACHE_DIR": str(tmp_path / "unused-cache"),
-        "ONNX_INTRA_OP_THREADS": "1",
-    }
+    env = {"GENERATE_PIPELINE_DIR": str(pipeline_dir), "LOG_LEVEL": "INFO"}
     log = tmp_path / "generate.log"
-    cmd = [sys.executable, "-m", "services.generate", "--port", str(port)]
-    with running(cmd, log, env) as proc:
-        wait_http(f"{url}/readyz", proc, log, timeout_s=120)
+    with serve_cached("generate", tmp_path / "unused-cache", log, env) as served:
+        url, proc = served.url, served.proc
         request = {"prompt": "a cat", "width": 32, "height": 32, "steps": 40, "seed": 1}
         httpx.post(f"{url}/v1/generate", json={**request, "steps": 2}, timeout=60)  # warm
         answers: list[httpx.Response] = []
