@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+from tests.tinycnn import small_cnn
 from training.export import prune
 from training.export.onnx import export_onnx, with_weights
 from training.models.classify import architecture_config, build_model
@@ -45,27 +46,13 @@ def test_channel_pruning_keeps_densenet_concatenations_consistent() -> None:
     assert pruned(EXAMPLE).shape == (2, 10)
 
 
-def small_cnn() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Conv2d(3, 16, 3, padding=1, bias=False),
-        nn.BatchNorm2d(16),
-        nn.ReLU(),
-        nn.Conv2d(16, 32, 3, padding=1),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(32, 10),
-    ).eval()
-
-
 def test_channel_pruning_rejects_a_ratio_outside_zero_to_one() -> None:
     with pytest.raises(ValueError, match=r"\(0, 1\)"):
         prune.prune_channels(resnet(), 1.0, EXAMPLE)
 
 
 def test_iterative_magnitude_pruning_keeps_earlier_zeros_and_reaches_each_sparsity() -> None:
-    model = small_cnn()
+    model = small_cnn(16)
     prune.prune_magnitude(model, 0.5)
     with pytest.raises(ValueError, match="remove_masks"):
         prune.prune_magnitude(model, 0.7)
@@ -82,7 +69,7 @@ def test_iterative_magnitude_pruning_keeps_earlier_zeros_and_reaches_each_sparsi
 
 
 def test_sparse_weights_swapped_into_the_export_reproduce_the_pruned_net(tmp_path: Path) -> None:
-    model = small_cnn()
+    model = small_cnn(16)
     raw = tmp_path / "raw.onnx"
     export_onnx(model, EXAMPLE, raw, 18, optimize=False)
     prune.prune_magnitude(model, 0.7)

@@ -10,8 +10,8 @@ import onnxruntime as ort
 import pytest
 import torch
 from onnx import numpy_helper
-from torch import nn
 
+from tests.tinycnn import small_cnn
 from training.export import quantize
 from training.export.onnx import export_onnx, simplify
 
@@ -33,20 +33,6 @@ def test_unknown_calibration_method_is_refused(tmp_path: Path) -> None:
         quantize.quantize_int8_static(tmp_path / "a", tmp_path / "b", np.zeros((1, 1)), "best")
 
 
-def small_cnn() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1, bias=False),
-        nn.BatchNorm2d(8),
-        nn.ReLU(),
-        nn.Conv2d(8, 16, 3, padding=1),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(16, 10),
-    ).eval()
-
-
 def initializers(path: Path) -> dict[str, np.ndarray]:
     graph = onnx.load(str(path)).graph
     return {t.name: numpy_helper.to_array(t) for t in graph.initializer}
@@ -55,7 +41,7 @@ def initializers(path: Path) -> dict[str, np.ndarray]:
 def test_qat_weights_and_input_ranges_survive_onnxruntime_quantization(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     inputs = rng.normal(0, 1, size=(64, 3, 8, 8)).astype(np.float32)
-    net = quantize.prepare_qat(small_cnn(), float_stem=False)
+    net = quantize.prepare_qat(small_cnn(8), float_stem=False)
     net.train()
     with torch.no_grad():
         for start in range(0, 64, 16):
@@ -93,11 +79,11 @@ def test_qat_weights_and_input_ranges_survive_onnxruntime_quantization(tmp_path:
 
 
 def test_the_stem_stays_float_by_default_in_qat_and_in_the_quantized_model(tmp_path: Path) -> None:
-    net = quantize.prepare_qat(small_cnn())
+    net = quantize.prepare_qat(small_cnn(8))
     assert not hasattr(net.get_submodule("0"), "input_fake_quant")
     assert set(quantize.finish_qat(net)) == {"3", "7"}
     raw, clean, pre = (tmp_path / f"{n}.onnx" for n in ("raw", "clean", "pre"))
-    export_onnx(small_cnn(), torch.zeros(2, 3, 8, 8), raw, 18, optimize=False)
+    export_onnx(small_cnn(8), torch.zeros(2, 3, 8, 8), raw, 18, optimize=False)
     simplify(raw, clean)
     quantize.prepare_for_quantization(clean, pre)
     assert len(quantize.stem_nodes(pre)) == 1
