@@ -167,6 +167,9 @@ class Fit:
     seconds: float
 
 
+PROGRESS_S = 20.0
+
+
 def fit(
     model: nn.Module,
     task: Task,
@@ -187,10 +190,17 @@ def fit(
     scaler = torch.amp.GradScaler(device, enabled=use_grad_scaler(args.amp, device))
     history: dict[str, list[float]] = {"train_loss": [], "val_loss": []}
     started, step = time.perf_counter(), 0
+    heard = started  # a progress line at least every PROGRESS_S within an epoch
     for epoch in range(1, epochs + 1):
         model.train()
         losses = []
         for i, batch in enumerate(batches(epoch)):
+            if losses and time.perf_counter() - heard > PROGRESS_S:
+                heard = time.perf_counter()
+                say(
+                    f"{log_prefix}epoch {epoch}/{epochs}: batch {i}/{task.batch_count(args)} "
+                    f"train loss {np.mean(losses[-50:]):.4f} ({heard - started:.0f}s)"
+                )
             ramp = args.scheduled_sampling * min(1.0, step / steps)
             with autocast(args.amp, device):
                 loss = task.loss(model, batch, ramp) / args.accum_steps
