@@ -136,8 +136,9 @@ def create_app(
     protected = protection(settings)
     routers = [service.router]  # type: ignore[attr-defined]
     if service.supports_tensors:  # type: ignore[attr-defined]
-        from shared.protocol_v2 import build_router
+        from shared.protocol_v2 import build_health_router, build_router
 
+        app.include_router(build_health_router())  # probes: no token, like /readyz
         routers.append(build_router())
     for router in routers:
         app.include_router(_document_refusals(router), dependencies=protected)

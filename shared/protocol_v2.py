@@ -228,8 +228,30 @@ def _render(header: dict[str, Any], model: LoadedModel, outputs: dict[str, np.nd
     )
 
 
+def build_health_router() -> APIRouter:
+    """/v2/health/live and /v2/health/ready: probes like /livez and /readyz, so they answer
+    without the API token and ready turns false while the service drains."""
+    router = APIRouter(prefix="/v2", tags=["open inference protocol v2"])
+
+    @router.get("/health/live", summary="Server live")
+    async def live() -> dict[str, bool]:
+        return {"live": True}
+
+    @router.get(
+        "/health/ready",
+        summary="Server ready",
+        responses=error_responses(503, media_type="application/json"),
+    )
+    async def ready(request: Request) -> Response:
+        runtime: ModelRuntime = request.app.state.runtime
+        is_ready = runtime.current is not None and not runtime.draining
+        return JSONResponse({"ready": is_ready}, status_code=200 if is_ready else 503)
+
+    return router
+
+
 def build_router() -> APIRouter:
-    """The /v2 routes; they answer only for the model this service has loaded."""
+    """The /v2 routes but health; they answer only for the model this service has loaded."""
     router = APIRouter(prefix="/v2", tags=["open inference protocol v2"])
 
     def runtime_of(request: Request) -> ModelRuntime:
@@ -250,17 +272,6 @@ def build_router() -> APIRouter:
     @router.get("", summary="Server metadata")
     async def server_metadata() -> dict[str, Any]:
         return {"name": "modelplane", "version": "0.1.0", "extensions": ["binary_tensor_data"]}
-
-    @router.get("/health/live", summary="Server live")
-    async def live() -> dict[str, bool]:
-        return {"live": True}
-
-    not_ready = error_responses(503, media_type="application/json") | error_responses(401)
-
-    @router.get("/health/ready", summary="Server ready", responses=not_ready)
-    async def ready(request: Request) -> Response:
-        is_ready = runtime_of(request).current is not None
-        return JSONResponse({"ready": is_ready}, status_code=200 if is_ready else 503)
 
     async def metadata(request: Request, name: str, version: str | None) -> Response:
         try:

@@ -234,7 +234,7 @@ def test_api_token_guards_v1_and_v2_but_not_health_or_metrics(
     png = {"content": png_bytes(DIGIT), "headers": {"content-type": "image/png"}}
     with TestClient(create_app(ClassifyService, guarded)) as client:
         wait_ready(client)
-        for path in ("/livez", "/readyz", "/metrics"):
+        for path in ("/livez", "/readyz", "/metrics", "/v2/health/live", "/v2/health/ready"):
             assert client.get(path).status_code == 200, path
         assert "HTTPBearer" in client.get("/openapi.json").json()["components"]["securitySchemes"]
         for headers in ({}, {"authorization": "Bearer wrong"}, {"authorization": "Basic x"}):

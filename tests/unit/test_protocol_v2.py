@@ -114,3 +114,13 @@ def test_bad_v2_requests_get_400_with_an_error_body(client: TestClient) -> None:
         "/v2/models/classify/infer", content=b"{", headers={"content-type": "application/json"}
     )
     assert response.status_code == 400 and "JSON" in response.json()["error"]
+
+
+def test_v2_ready_turns_false_while_draining_like_readyz(client: TestClient) -> None:
+    runtime = client.app.state.runtime  # type: ignore[attr-defined]
+    assert client.get("/v2/health/ready").status_code == 200
+    runtime.start_draining()  # what SIGTERM does
+    assert client.get("/v2/health/ready").status_code == 503
+    assert client.get("/v2/health/ready").json() == {"ready": False}
+    assert client.get("/readyz").status_code == 503
+    assert client.get("/v2/health/live").json() == {"live": True}
