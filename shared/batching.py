@@ -2,8 +2,10 @@
 
 The collector waits for a free batch slot, then for the first item, then for more items until
 the batch is full or `max_delay_ms` after the first item's arrival has passed (an awaited
-queue read with a timeout, not a poll). The batch runs in the inference executor; each future
-gets its own row or its own exception.
+queue read with a timeout, not a poll). Given `arriving` (how many requests are being
+preprocessed on their way to the queue), it stops waiting as soon as none is: a lone client
+is not made to wait for batch mates that cannot come. The batch runs in the inference
+executor; each future gets its own row or its own exception.
 """
 
 from __future__ import annotations
@@ -52,9 +54,15 @@ class Batcher:
     """Coalesces concurrent requests into batched `predict` calls."""
 
     def __init__(
-        self, predict: PredictFn, config: BatchConfig, executor: Executor, metrics: Metrics
+        self,
+        predict: PredictFn,
+        config: BatchConfig,
+        executor: Executor,
+        metrics: Metrics,
+        arriving: Callable[[], int] | None = None,
     ) -> None:
         self.predict = predict
+        self.arriving = arriving
         self.config = config
         self.executor = executor
         self.metrics = metrics
@@ -132,7 +140,7 @@ class Batcher:
                 batch.append(self._queue.get_nowait())
                 continue
             remaining = close_at - time.monotonic()
-            if remaining <= 0:
+            if remaining <= 0 or (self.arriving is not None and self.arriving() == 0):
                 break
             try:
                 batch.append(await asyncio.wait_for(self._queue.get(), remaining))

@@ -138,6 +138,7 @@ class ModelRuntime:
             max_queue=settings.max_queue,
             concurrency=settings.inference_workers,
         )
+        self.arriving = 0  # requests between infer() and the batcher's queue (preprocessing)
         self._stop = threading.Event()
         self.draining = False  # set on SIGTERM: /readyz answers 503 while requests still run
 
@@ -169,7 +170,13 @@ class ModelRuntime:
             uri=self.uri,
             from_cache_only=fetched.from_cache_only,
             load_seconds=time.perf_counter() - started,
-            batcher=Batcher(service.predict, self.batch_config, self.executor, self.metrics),
+            batcher=Batcher(
+                service.predict,
+                self.batch_config,
+                self.executor,
+                self.metrics,
+                arriving=lambda: self.arriving,
+            ),
         )
         return loaded
 
@@ -258,6 +265,12 @@ class ModelRuntime:
         """Preprocess in a worker thread, predict in a dynamic batch, postprocess."""
         model = self.require_model()
         loop = asyncio.get_running_loop()
-        item = await loop.run_in_executor(self.preprocess_pool, model.service.preprocess, request)
+        self.arriving += 1  # a batch being collected waits for this one (up to max_delay_ms)
+        try:
+            item = await loop.run_in_executor(
+                self.preprocess_pool, model.service.preprocess, request
+            )
+        finally:
+            self.arriving -= 1  # no await between here and submit()'s enqueue
         output = await model.batcher.submit(item, self.settings.request_timeout_s)
         return model.service.postprocess(output, request), model

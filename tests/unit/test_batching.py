@@ -40,13 +40,14 @@ def run(
     scenario: Callable[[Batcher, GatedModel], Any],
     config: BatchConfig,
     model: GatedModel | None = None,
+    arriving: Callable[[], int] | None = None,
 ) -> Any:
     model = model or GatedModel()
     metrics = Metrics("test")
 
     async def main() -> Any:
         with ThreadPoolExecutor(max_workers=config.concurrency) as pool:
-            batcher = Batcher(model.predict, config, pool, metrics)
+            batcher = Batcher(model.predict, config, pool, metrics, arriving)
             try:
                 return await scenario(batcher, model)
             finally:
@@ -82,6 +83,33 @@ def test_lone_request_is_served_after_max_delay() -> None:
         assert model.batches == [[21]]
 
     run(scenario, BatchConfig(max_batch_size=8, max_delay_ms=50), GatedModel(gated=False))
+
+
+def test_lone_request_with_nothing_arriving_does_not_wait_for_batch_mates() -> None:
+    async def scenario(batcher: Batcher, model: GatedModel) -> None:
+        started = time.monotonic()
+        assert await batcher.submit(21) == 42
+        assert time.monotonic() - started < 2.5  # far under max_delay_ms's 10 s
+        assert model.batches == [[21]]
+
+    config = BatchConfig(max_batch_size=8, max_delay_ms=10_000)
+    run(scenario, config, GatedModel(gated=False), arriving=lambda: 0)
+
+
+def test_batch_waits_for_a_request_still_arriving() -> None:
+    on_the_way = [1]
+
+    async def scenario(batcher: Batcher, model: GatedModel) -> None:
+        first = asyncio.create_task(batcher.submit(1))
+        await asyncio.sleep(0.2)  # the collector holds [1] and waits for the arriving one
+        assert model.batches == []
+        on_the_way[0] = 0  # it reaches the queue (as ModelRuntime.infer counts it down)
+        second = asyncio.create_task(batcher.submit(2))
+        assert await asyncio.gather(first, second) == [2, 4]
+        assert model.batches == [[1, 2]]
+
+    config = BatchConfig(max_batch_size=8, max_delay_ms=10_000)
+    run(scenario, config, GatedModel(gated=False), arriving=lambda: on_the_way[0])
 
 
 def test_full_queue_fails_fast_with_503() -> None:
