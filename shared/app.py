@@ -32,7 +32,8 @@ log = logging.getLogger("modelplane.app")
 ServiceFactory = Callable[[], ModelService[Any, Any, Any, Any]]
 
 
-def get_runtime(request: Request) -> ModelRuntime:
+async def get_runtime(request: Request) -> ModelRuntime:
+    # async: FastAPI runs a sync dependency in a worker thread, a thread hop on every request
     return request.app.state.runtime
 
 
@@ -40,7 +41,7 @@ RuntimeDep = Annotated[ModelRuntime, Depends(get_runtime)]
 _bearer = HTTPBearer(auto_error=False, description="API_TOKEN (when the service sets one)")
 
 
-def require_token(
+async def require_token(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> None:
