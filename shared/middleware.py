@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import logging
+import random
 import re
 import time
-import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -45,7 +45,7 @@ class ServingMiddleware:
         started = time.perf_counter()
         headers = dict(scope.get("headers") or [])
         supplied = headers.get(b"x-request-id", b"").decode("latin-1")
-        request_id = supplied if _REQUEST_ID.match(supplied) else uuid.uuid4().hex
+        request_id = supplied if _REQUEST_ID.match(supplied) else _new_request_id()
         scope.setdefault("state", {})["request_id"] = request_id
         status = {"code": 500}
 
@@ -99,6 +99,14 @@ class ServingMiddleware:
                     "model_version": self.model_version(),
                 },
             )
+
+
+def _new_request_id() -> str:
+    """32 random hex digits, as uuid4().hex but without os.urandom: its syscall releases the
+    GIL, and the event loop then waits (up to the 5 ms switch interval) for the preprocessing
+    and inference threads to hand it back: in a py-spy profile at concurrency 32, uuid4 was
+    a sixth of the event loop's samples. A request id need not be unguessable."""
+    return f"{random.getrandbits(128):032x}"
 
 
 def _limit_body(receive: Receive, headers: dict[bytes, bytes], limit: int) -> Receive:
