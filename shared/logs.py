@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
+import logging.handlers
+import queue
 import sys
 import time
 from typing import Any
@@ -30,14 +33,29 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+_listener: logging.handlers.QueueListener | None = None
+
+
 def configure_logging(level: str = "INFO", json_lines: bool = True) -> None:
-    """Route modelplane and uvicorn logs through one handler on stderr."""
-    handler = logging.StreamHandler(sys.stderr)
+    """Route modelplane and uvicorn logs through one handler on stderr.
+
+    Records are formatted where they are logged, then written by one background thread: a
+    write to stderr releases the GIL, and an event loop writing an access line per request
+    would then wait for the busy preprocessing and inference threads to hand it back."""
+    global _listener
+    if _listener is not None:
+        _listener.stop()  # flushes what the previous configuration still held
+    lines: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    handler = logging.handlers.QueueHandler(lines)
     handler.setFormatter(
         JsonFormatter()
         if json_lines
         else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     )
+    writer = logging.StreamHandler(sys.stderr)
+    writer.setFormatter(logging.Formatter("%(message)s"))  # already formatted by `handler`
+    _listener = logging.handlers.QueueListener(lines, writer)
+    _listener.start()
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
@@ -46,3 +64,9 @@ def configure_logging(level: str = "INFO", json_lines: bool = True) -> None:
         logging.getLogger(name).propagate = True
     # the access log is replaced by modelplane.access, which carries the request id and route
     logging.getLogger("uvicorn.access").disabled = True
+
+
+@atexit.register
+def _flush_at_exit() -> None:
+    if _listener is not None:
+        _listener.stop()
