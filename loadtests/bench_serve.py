@@ -1,11 +1,12 @@
 """`make bench-serve`: the classify service over HTTP against raw onnxruntime, on this machine.
 
 In one run: (1) raw onnxruntime in-process at batch 1 and batch 32 with the service's thread
-settings (the ceiling); (2) the running service over loopback HTTP at concurrency 1, 8 and 32,
-driven by wrk (C, one thread, a Lua script POSTing a real digit PNG), for each variant asked
-for, with dynamic batching on and off; (3) resident memory after warm-up and after load, and
-cold start from a cached bundle to ready. Prints one table. Needs `wrk` (Debian package) and
-the bundle in the registry or the local cache (`make demo` or `make mlflow` + train + export).
+settings (the ceiling; measured before, between and after the service runs, median taken); (2)
+the running service over loopback HTTP at concurrency 1, 8 and 32, driven by wrk (C, one thread,
+a Lua script POSTing a real digit PNG), for each variant asked for, with dynamic batching on and
+off; (3) resident memory after warm-up and after load, and cold start from a cached bundle to
+ready. Prints one table. Needs `wrk` (Debian package) and the bundle in the registry or the
+local cache (`make demo` or `make mlflow` + train + export).
 """
 
 from __future__ import annotations
@@ -75,6 +76,20 @@ def raw_ort(bundle_path: Path, variant: str, threads: int, seconds: float) -> li
             )
         )
     return rows
+
+
+def median_rows(runs: list[list[Row]]) -> list[Row]:
+    """One row per batch size from repeated raw runs (before, between and after the service
+    runs, since this machine's speed drifts over minutes): the run of median throughput,
+    its label listing every run's figure."""
+    merged = []
+    for same in zip(*runs, strict=True):
+        ordered = sorted(same, key=lambda r: r.rps)
+        middle = ordered[len(ordered) // 2]
+        spread = " ".join(f"{r.rps:.0f}" for r in same)
+        print(f"  {middle.label}: {spread} /s over {len(same)} runs; median taken", flush=True)
+        merged.append(middle)
+    return merged
 
 
 def rss_mb(pid: int) -> float:
@@ -284,7 +299,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         body = digit_png(Path(tmp))
         for variant in variants:
-            rows += raw_ort(bundle.path, variant, threads, min(args.seconds, 5))
+            raw_seconds = min(args.seconds, 5) / 2
+            raw_runs = [raw_ort(bundle.path, variant, threads, raw_seconds)]
+            served_rows = []
             for suffix, extra, processes in configurations(args.scale_out, threads):
                 label = f"service {variant} {suffix}"
                 print(f"  measuring {label} ...", flush=True)
@@ -299,7 +316,9 @@ def main(argv: list[str] | None = None) -> int:
                 measured, facts[label] = bench_service(
                     label, env, body, levels, args.seconds, Path(tmp), processes
                 )
-                rows += measured
+                served_rows += measured
+                raw_runs.append(raw_ort(bundle.path, variant, threads, raw_seconds))
+            rows += median_rows(raw_runs) + served_rows
     print_table(rows, facts)
     return 0
 
