@@ -67,6 +67,17 @@ def configure_logging(level: str = "INFO", json_lines: bool = True) -> None:
 
 
 @atexit.register
-def _flush_at_exit() -> None:
-    if _listener is not None:
-        _listener.stop()
+def write_synchronously() -> None:
+    """Write every queued record now and log without the background thread from here on: at
+    exit, and before uvicorn re-raises a shutdown signal (which kills without atexit)."""
+    global _listener
+    if _listener is None:
+        return
+    _listener.stop()
+    _listener = None
+    root = logging.getLogger()
+    for index, handler in enumerate(root.handlers):
+        if isinstance(handler, logging.handlers.QueueHandler):
+            direct = logging.StreamHandler(sys.stderr)
+            direct.setFormatter(handler.formatter)
+            root.handlers[index] = direct

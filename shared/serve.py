@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import uvicorn
+
+from shared.logs import configure_logging, write_synchronously
 
 log = logging.getLogger("modelplane.serve")
 
@@ -36,7 +39,6 @@ def run(
     `build_app(settings)` replaces `create_app(service, settings)` for an app assembled
     differently (generate serving a local pipeline directory)."""
     from shared.app import create_app
-    from shared.logs import configure_logging
     from shared.settings import ServingSettings
 
     parser = argparse.ArgumentParser(prog=f"python -m services.{service.name}")
@@ -82,6 +84,16 @@ class DrainingServer(uvicorn.Server):
         self.drain_s = drain_s
         self.start_draining = start_draining
         self._drain_timer: threading.Timer | None = None
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        """uvicorn's, plus writing the queued log lines before it re-raises the signal it
+        caught (the default handler then ends the process without running atexit)."""
+        with super().capture_signals():
+            try:
+                yield
+            finally:
+                write_synchronously()
 
     def handle_exit(self, sig: int, frame: Any) -> None:
         self.start_draining()

@@ -49,3 +49,16 @@ def test_records_become_json_lines_with_extras_and_tracebacks(
     assert "ValueError: boom" in second["traceback"]
     assert "below the level" not in "".join(lines)
     assert lines[-1].endswith("WARNING modelplane: plain now")
+
+
+def test_write_synchronously_flushes_the_queue_and_logs_directly_after(
+    restored_root: None, capfd: pytest.CaptureFixture[str]
+) -> None:
+    logs.configure_logging("INFO", json_lines=True)
+    logging.getLogger("uvicorn.error").info("Application shutdown complete.")
+    logs.write_synchronously()  # what DrainingServer does before uvicorn re-raises a signal
+    assert logs._listener is None
+    assert "Application shutdown complete." in capfd.readouterr().err
+    logging.getLogger("uvicorn.error").info("Finished server process")
+    (line,) = capfd.readouterr().err.splitlines()  # written at once, no thread involved
+    assert json.loads(line)["message"] == "Finished server process"
