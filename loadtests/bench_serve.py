@@ -298,8 +298,8 @@ def main(argv: list[str] | None = None) -> int:
     facts: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         body = digit_png(Path(tmp))
+        raw_seconds = min(args.seconds, 5) / 2  # three runs per variant: before, between, after
         for variant in variants:
-            raw_seconds = min(args.seconds, 5) / 2
             raw_runs = [raw_ort(bundle.path, variant, threads, raw_seconds)]
             served_rows = []
             for suffix, extra, processes in configurations(args.scale_out, threads):

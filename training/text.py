@@ -46,6 +46,7 @@ from training.text_device import DeviceError, autocast, pick_device, use_grad_sc
 from training.text_tasks import TASKS, Task
 
 DEFAULT_TRACKING_URI = "http://127.0.0.1:5000"
+PROGRESS_S = 20.0  # a progress line at least this often within an epoch
 # options only one task uses; the other gets these (the tasks' own defaults come first)
 COMMON_DEFAULTS: dict[str, Any] = {
     "label_smoothing": 0.0,
@@ -165,9 +166,6 @@ class Fit:
 
     history: dict[str, list[float]]
     seconds: float
-
-
-PROGRESS_S = 20.0
 
 
 def fit(

@@ -26,6 +26,7 @@ from training.models.attention import (
     padding_mask,
     positional_encoding,
 )
+from training.text_data import RAW_INPUT
 
 PAD_ID, BOS_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
 SPECIAL_TOKENS = ["[PAD]", "[BOS]", "[EOS]", "[UNK]"]
@@ -198,7 +199,7 @@ def write_text_bundle(
     model: nn.Module,
     config: TextConfig,
     tokenizer_file: Path,
-    input_format: str = "raw",
+    input_format: str = RAW_INPUT,
     **manifest: Any,
 ) -> dict[str, Any]:
     """A `<task>-torch` bundle: safetensors weights, the tokenizer and the config (no pickles).
