@@ -1,16 +1,19 @@
-"""Locust entry point: one user class per service, chosen by SERVICES (comma list, default all).
+"""Locust entry point: one user class per service (the one FastHttpUser of
+loadtests/users/<name>.py, for every service of services/catalog.py), chosen by SERVICES (comma
+list, default all).
 
     SERVICES=classify,text locust -f loadtests/locustfile.py --headless -u 8 -r 2 -t 1m
 
-URLs come from CLASSIFY_URL, SIMILARITY_URL, EXPLAIN_URL, GENERATE_URL and TEXT_URL (default:
-the local ports), think time from THINK_TIME, weights from <SERVICE>_WEIGHT / <SERVICE>_TASKS
-(loadtests/users/common.py). With LOADTEST_SAMPLES set, every request's exact latency (Locust's
-own percentiles are rounded to whole milliseconds) is written there as JSON when the run ends;
+URLs come from <SERVICE>_URL, e.g. CLASSIFY_URL (default: the catalog's local ports), think
+time from THINK_TIME, weights from <SERVICE>_WEIGHT / <SERVICE>_TASKS (loadtests/users/common.py).
+With LOADTEST_SAMPLES set, every request's exact latency (Locust's own percentiles are rounded to
+whole milliseconds) is written there as JSON when the run ends;
 `make loadtest` and the regression gate read it.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import time
@@ -18,26 +21,34 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from locust import events
+from locust import User, events
 
-from loadtests.users import PORTS
+from services.catalog import NAMES
 
-ALL = tuple(PORTS)
+ALL = NAMES
 chosen = [s.strip() for s in os.environ.get("SERVICES", ",".join(ALL)).split(",") if s.strip()]
 unknown = sorted(set(chosen) - set(ALL))
 if unknown:
     raise SystemExit(f"SERVICES: unknown {unknown}; known: {', '.join(ALL)}")
 
-if "classify" in chosen:
-    from loadtests.users.classify import ClassifyUser  # noqa: F401
-if "similarity" in chosen:
-    from loadtests.users.similarity import SimilarityUser  # noqa: F401
-if "explain" in chosen:
-    from loadtests.users.explain import ExplainUser  # noqa: F401
-if "generate" in chosen:
-    from loadtests.users.generate import GenerateUser  # noqa: F401
-if "text" in chosen:
-    from loadtests.users.text import TextUser  # noqa: F401
+
+def user_classes(services: list[str]) -> dict[str, type]:
+    """The Locust users that loadtests/users/<name>.py defines, for each of `services`."""
+    found: dict[str, type] = {}
+    for name in services:
+        module = importlib.import_module(f"loadtests.users.{name}")
+        found |= {
+            attr: value
+            for attr, value in vars(module).items()
+            if isinstance(value, type)
+            and issubclass(value, User)
+            and value.__module__ == module.__name__
+        }
+    return found
+
+
+# Locust runs the user classes it finds in this module's namespace
+globals().update(user_classes(chosen))
 
 _times: dict[str, list[float]] = defaultdict(list)
 _failures: dict[str, int] = defaultdict(int)

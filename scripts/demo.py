@@ -15,6 +15,8 @@ from pathlib import Path
 
 import httpx
 
+from services.catalog import entry
+
 ROOT = Path(__file__).resolve().parents[1]
 STATE = ROOT / ".modelplane"
 
@@ -111,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--no-wait", action="store_true", help="stop after the requests")
     parser.add_argument("--mlflow-port", type=int, default=5000)
-    parser.add_argument("--port", type=int, default=8001)
+    parser.add_argument("--port", type=int, default=entry("classify").port)
     args = parser.parse_args(argv)
     began = time.monotonic()
     tracking = f"http://127.0.0.1:{args.mlflow_port}"

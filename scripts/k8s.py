@@ -1,7 +1,8 @@
-"""python -m scripts.k8s: write k8s/base/ from one table of the services (and the rules).
+"""python -m scripts.k8s: write k8s/base/ from services/catalog.py (and the rules).
 
-Five services share one shape (Deployment, Service, HPA, PDB), so the manifests are written by
-this script rather than by hand, and a test fails when the committed files drift from it (the
+Every service shares one shape (Deployment, Service, HPA, PDB), so the manifests are written by
+this script from the catalog's rows (port, image, CPU, memory, max replicas) rather than by
+hand, and a test fails when the committed files drift from it (the
 PrometheusRule is observability/rules/modelplane.yml, the one source of the alerts). The
 overlays (k8s/overlays/dev, prod) and the jobs (k8s/jobs) are plain kustomize, edited by hand.
 """
@@ -9,11 +10,12 @@ overlays (k8s/overlays/dev, prod) and the jobs (k8s/jobs) are plain kustomize, e
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from services.catalog import SERVICES, ServiceEntry
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = ROOT / "k8s" / "base"
@@ -25,23 +27,6 @@ CACHE = "/var/cache/modelplane"
 METRICS_PORT = 9100
 
 
-@dataclass(frozen=True)
-class Service:
-    name: str
-    port: int
-    image: str  # docker/Dockerfile target
-    cpu: str  # limit = request: a pod's threads are sized from it (Guaranteed QoS)
-    memory: str
-    max_replicas: int
-
-
-SERVICES = (
-    Service("classify", 8001, "serve-onnx", "1", "1Gi", 8),
-    Service("similarity", 8002, "serve-onnx", "1", "1Gi", 8),
-    Service("explain", 8003, "serve-torch", "2", "3Gi", 4),
-    Service("generate", 8004, "serve-torch", "2", "4Gi", 4),
-    Service("text", 8005, "serve-torch", "1", "2Gi", 8),
-)
 #: the HPA's custom metric (Prometheus adapter): requests waiting for a batch, per pod
 QUEUE_METRIC = "modelplane_queue_depth"
 QUEUE_TARGET = "8"
@@ -101,7 +86,7 @@ def _cpu_limit_env(name: str) -> dict[str, Any]:
     }
 
 
-def deployment(svc: Service) -> dict[str, Any]:
+def deployment(svc: ServiceEntry) -> dict[str, Any]:
     volumes, mounts = writable_volumes()
     env = [
         {"name": "PORT", "value": str(svc.port)},
@@ -123,7 +108,7 @@ def deployment(svc: Service) -> dict[str, Any]:
         "name": svc.name,
         "image": image(svc.image),
         "imagePullPolicy": "IfNotPresent",
-        "command": ["python", "-m", f"services.{svc.name}"],
+        "command": ["python", "-m", svc.module],
         "ports": [
             {"name": "http", "containerPort": svc.port},
             {"name": "metrics", "containerPort": METRICS_PORT},
@@ -171,7 +156,7 @@ def deployment(svc: Service) -> dict[str, Any]:
     }
 
 
-def service(svc: Service) -> dict[str, Any]:
+def service(svc: ServiceEntry) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "Service",
@@ -186,7 +171,7 @@ def service(svc: Service) -> dict[str, Any]:
     }
 
 
-def autoscaler(svc: Service) -> dict[str, Any]:
+def autoscaler(svc: ServiceEntry) -> dict[str, Any]:
     return {
         "apiVersion": "autoscaling/v2",
         "kind": "HorizontalPodAutoscaler",
@@ -216,7 +201,7 @@ def autoscaler(svc: Service) -> dict[str, Any]:
     }
 
 
-def disruption_budget(svc: Service) -> dict[str, Any]:
+def disruption_budget(svc: ServiceEntry) -> dict[str, Any]:
     return {
         "apiVersion": "policy/v1",
         "kind": "PodDisruptionBudget",

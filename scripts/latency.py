@@ -12,10 +12,12 @@ import time
 import httpx
 import numpy as np
 
+from services.catalog import entry
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m scripts.latency")
-    parser.add_argument("--url", default="http://127.0.0.1:8001")
+    parser.add_argument("--url", default=entry("classify").local_url)
     parser.add_argument("--requests", type=int, default=500)
     args = parser.parse_args(argv)
     from shared.media import encode_png, gray_to_image

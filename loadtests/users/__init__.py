@@ -2,8 +2,10 @@
 
 import os
 
-#: each service's local port (ARCHITECTURE.md); <SERVICE>_URL overrides it
-PORTS = {"classify": 8001, "similarity": 8002, "explain": 8003, "generate": 8004, "text": 8005}
+from services.catalog import SERVICES
+
+#: each service's local port (services/catalog.py); <SERVICE>_URL overrides it
+PORTS = {svc.name: svc.port for svc in SERVICES}
 
 
 def service_url(service: str) -> str:

@@ -1,5 +1,6 @@
 """Deployment files, checked offline: compose validates, every kustomize overlay renders and
-validates against the Kubernetes schemas, and compose, k8s and the README agree."""
+validates against the Kubernetes schemas, and compose, k8s and the README agree (that they
+name exactly the catalog's services, and match what scripts.deploy writes: test_catalog.py)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import pytest
 import yaml
 
 from scripts import k8s
+from services.catalog import NAMES, SERVICES
 from training.all import commands, parse_args
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -56,12 +58,6 @@ def readme_settings() -> set[str]:
     return set(re.findall(r"^\| `([A-Z][A-Z0-9_]+)` \|", text, flags=re.MULTILINE))
 
 
-def test_k8s_base_is_what_the_generator_writes() -> None:
-    for name, documents in k8s.service_files().items():
-        committed = (k8s.BASE / name).read_text()
-        assert committed == k8s.render(documents), f"{name} drifted: run python -m scripts.k8s"
-
-
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_every_overlay_renders_and_validates_against_the_schemas(overlay: str) -> None:
     documents = rendered(overlay)
@@ -83,7 +79,7 @@ def test_every_service_deployment_is_probed_limited_hardened_and_autoscaled(over
     deployments = by_kind(documents, "Deployment")
     autoscalers = by_kind(documents, "HorizontalPodAutoscaler")
     budgets = by_kind(documents, "PodDisruptionBudget")
-    assert set(deployments) == {s.name for s in k8s.SERVICES} | {"mlflow"}
+    assert set(deployments) == set(NAMES) | {"mlflow"}
     for name, deployment in deployments.items():
         pod = deployment["spec"]["template"]["spec"]
         assert pod["securityContext"]["runAsNonRoot"] is True, name
@@ -95,7 +91,7 @@ def test_every_service_deployment_is_probed_limited_hardened_and_autoscaled(over
             assert security["readOnlyRootFilesystem"] is True, name
             assert security["allowPrivilegeEscalation"] is False, name
             assert security["capabilities"]["drop"] == ["ALL"], name
-    for svc in k8s.SERVICES:
+    for svc in SERVICES:
         container = deployments[svc.name]["spec"]["template"]["spec"]["containers"][0]
         # liveness never depends on the model or the registry; readiness does
         assert container["livenessProbe"]["httpGet"]["path"] == "/livez"
@@ -110,7 +106,7 @@ def test_every_service_deployment_is_probed_limited_hardened_and_autoscaled(over
 
 def test_prod_keeps_two_replicas_and_one_available_through_disruptions() -> None:
     documents = rendered("k8s/overlays/prod")
-    for svc in k8s.SERVICES:
+    for svc in SERVICES:
         assert by_kind(documents, "Deployment")[svc.name]["spec"]["replicas"] == 2
         assert by_kind(documents, "HorizontalPodAutoscaler")[svc.name]["spec"]["minReplicas"] == 2
         assert by_kind(documents, "PodDisruptionBudget")[svc.name]["spec"]["minAvailable"] == 1
@@ -118,8 +114,8 @@ def test_prod_keeps_two_replicas_and_one_available_through_disruptions() -> None
 
 def test_compose_runs_the_same_images_commands_and_ports_as_k8s(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    assert {s.name for s in k8s.SERVICES} <= set(services)
-    for svc in k8s.SERVICES:
+    assert set(NAMES) <= set(services)
+    for svc in SERVICES:
         entry = services[svc.name]
         assert entry["image"] == k8s.image(svc.image)
         assert entry["command"] == ["python", "-m", f"services.{svc.name}"]
@@ -141,7 +137,7 @@ def test_every_setting_compose_and_k8s_pass_is_in_the_readme(compose: dict[str, 
     documented = readme_settings()
     assert "MODEL_URI" in documented  # the table was found
     names: set[str] = set()
-    for svc in k8s.SERVICES:
+    for svc in SERVICES:
         names |= set(compose["services"][svc.name]["environment"])
     for doc in rendered("k8s/overlays/prod"):
         if doc["kind"] == "ConfigMap":
