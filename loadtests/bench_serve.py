@@ -278,11 +278,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed: apt-get install wrk (make bench-serve does it)")
-    from shared.registry import configure_client, fetch
+    from shared.registry import RegistryClient
     from shared.settings import available_cores
 
-    configure_client(args.tracking_uri)
-    fetched = fetch(args.model_uri, args.cache_dir)
+    registry = RegistryClient.from_environment(args.tracking_uri)
+    fetched = registry.fetch(args.model_uri, args.cache_dir)
     bundle = fetched.bundle
     variants = [v for v in args.variants.split(",") if v] or sorted(
         {"fp32", bundle.default_variant}

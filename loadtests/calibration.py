@@ -10,7 +10,6 @@ for the services.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Iterator
@@ -37,10 +36,10 @@ class Yardstick:
     def __post_init__(self) -> None:
         from shared.bundle import Bundle
         from shared.onnx import OnnxModel
-        from shared.registry import configure_client, fetch
+        from shared.registry import RegistryClient
 
-        configure_client(os.environ.get("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000"), 5.0, 0)
-        fetched = fetch(self.model_uri, self.cache_dir)
+        registry = RegistryClient.from_environment(timeout_s=5.0, max_retries=0)
+        fetched = registry.fetch(self.model_uri, self.cache_dir)
         bundle: Bundle = fetched.bundle
         variant = bundle.default_variant
         self.description = f"{fetched.name} v{fetched.version} {variant}"

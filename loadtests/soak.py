@@ -48,10 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed: apt-get install wrk (make soak does it)")
-    from shared.registry import configure_client, fetch
+    from shared.registry import RegistryClient
 
-    configure_client(args.tracking_uri)
-    fetch(args.model_uri, args.cache_dir)  # cached and verified before the clock starts
+    registry = RegistryClient.from_environment(args.tracking_uri)
+    registry.fetch(args.model_uri, args.cache_dir)  # cached and verified before the clock starts
     env = {
         "MLFLOW_TRACKING_URI": args.tracking_uri,
         "MODEL_URI": args.model_uri,

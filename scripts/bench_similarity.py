@@ -94,7 +94,7 @@ def start_service(stack: contextlib.ExitStack, model_uri: str, workdir: Path) ->
 def main(argv: list[str] | None = None) -> int:
     import tempfile
 
-    from shared.registry import configure_client, fetch
+    from shared.registry import RegistryClient
     from shared.settings import available_cores
 
     parser = argparse.ArgumentParser(prog="python -m scripts.bench_similarity", description=__doc__)
@@ -103,12 +103,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=500)
     args = parser.parse_args(argv)
     tracking_uri = os.environ.get("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
-    configure_client(tracking_uri, timeout_s=30, max_retries=3)
+    registry = RegistryClient.from_environment(tracking_uri, timeout_s=30, max_retries=3)
     with (
         tempfile.TemporaryDirectory(prefix="bench-similarity-") as tmp,
         contextlib.ExitStack() as stack,
     ):
-        fetched = fetch(args.model_uri, Path(tmp) / "bench-cache")
+        fetched = registry.fetch(args.model_uri, Path(tmp) / "bench-cache")
         bundle, variant = fetched.bundle, fetched.bundle.default_variant
         print(f"{fetched.name} version {fetched.version}, variant {variant}", flush=True)
         m = quality(bundle, variant)

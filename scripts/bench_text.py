@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from shared.registry import RegistryClient
+
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
@@ -31,16 +33,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def generation(args: argparse.Namespace) -> dict[str, float]:
+def generation(args: argparse.Namespace, registry: RegistryClient) -> dict[str, float]:
     import torch
 
-    from shared.registry import fetch
+    from models.text import load_text_bundle
+    from models.text_onnx import OnnxSeq2Seq
     from training.export.text_generate import speed
-    from training.models.text import load_text_bundle
-    from training.models.text_onnx import OnnxSeq2Seq
 
     torch.set_num_threads(args.threads)
-    bundle = fetch("models:/text-generate@production", args.cache_dir).bundle
+    bundle = registry.fetch("models:/text-generate@production", args.cache_dir).bundle
     engines = {"torch": load_text_bundle(bundle)}
     if "onnx" in bundle.variants:
         engines["onnx"] = OnnxSeq2Seq(bundle.path, engines["torch"].config, args.threads)
@@ -54,7 +55,7 @@ def generation(args: argparse.Namespace) -> dict[str, float]:
 
 def first_token_ms(engine: object, src: list[int]) -> float:
     """Milliseconds from the request to the first generated token (encoder + first step)."""
-    from training.models.decoding import DecodeOptions, generate
+    from models.decoding import DecodeOptions, generate
 
     times: list[float] = []
     started = time.perf_counter()
@@ -85,13 +86,12 @@ def ttft_http(url: str, runs: int) -> dict[str, float]:
     }
 
 
-def classify(args: argparse.Namespace) -> dict[str, float]:
+def classify(args: argparse.Namespace, registry: RegistryClient) -> dict[str, float]:
     from shared.onnx import OnnxModel
-    from shared.registry import fetch
     from training.export.evaluate import THROUGHPUT_BATCH, time_runs
     from training.export.text_classify import test_inputs
 
-    fetched = fetch("models:/text-classify@production", args.cache_dir)
+    fetched = registry.fetch("models:/text-classify@production", args.cache_dir)
     inputs, _ = test_inputs(fetched, 10)
     batch = np.resize(inputs, (THROUGHPUT_BATCH, inputs.shape[1]))
     figures = {}
@@ -103,18 +103,16 @@ def classify(args: argparse.Namespace) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from shared.registry import configure_client
-
     args = parse_args(argv)
     if not args.tracking_uri:
         print("error: --tracking-uri (or MLFLOW_TRACKING_URI) is required", file=sys.stderr)
         return 2
-    configure_client(args.tracking_uri, timeout_s=30)
+    registry = RegistryClient.from_environment(args.tracking_uri, timeout_s=30)
     figures = {}
     if args.only != "classify":
-        figures.update(generation(args))
+        figures.update(generation(args, registry))
     if args.only != "generate":
-        figures.update(classify(args))
+        figures.update(classify(args, registry))
     if args.url:
         figures.update(ttft_http(args.url, args.runs))
     for key, value in figures.items():

@@ -9,6 +9,8 @@ from typing import Any
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from shared.registry import RegistryClient
+
 
 def available_cores() -> int:
     """Cores this process may run on (cgroup/affinity aware, unlike os.cpu_count)."""
@@ -98,6 +100,15 @@ class ServingSettings(BaseSettings):
     registry_timeout_s: float = Field(
         5.0, gt=0, description="Timeout of one MLflow registry request."
     )
+    mlflow_tracking_token: SecretStr | None = Field(
+        None, description="Bearer token sent to the MLflow registry (MLflow's own variable)."
+    )
+    mlflow_tracking_username: str | None = Field(
+        None, description="Basic-auth user for the MLflow registry when no token is set."
+    )
+    mlflow_tracking_password: SecretStr | None = Field(
+        None, description="Basic-auth password of MLFLOW_TRACKING_USERNAME."
+    )
     load_retry_max_s: float = Field(
         30.0, gt=0, description="Cap of the backoff between failed model loads."
     )
@@ -146,6 +157,19 @@ class ServingSettings(BaseSettings):
             lines = self.api_token_file.read_text().splitlines()
             tokens += [line.strip() for line in lines if not line.lstrip().startswith("#")]
         return tuple(token.encode() for token in tokens if token.strip())
+
+    def registry_client(self) -> RegistryClient:
+        """The registry client these settings describe; no retries inside it, because a failed
+        call falls back to the verified cache and the loaders retry with their own backoff."""
+        token, password = self.mlflow_tracking_token, self.mlflow_tracking_password
+        return RegistryClient(
+            tracking_uri=self.mlflow_tracking_uri,
+            timeout_s=self.registry_timeout_s,
+            max_retries=0,
+            token=token.get_secret_value() if token else None,
+            username=self.mlflow_tracking_username,
+            password=password.get_secret_value() if password else None,
+        )
 
     def resolved_model_uri(self, service: str) -> str:
         return self.model_uri or f"models:/{service}@production"

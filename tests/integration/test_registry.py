@@ -1,4 +1,4 @@
-"""register() and fetch() against a real MLflow server."""
+"""register() and RegistryClient.fetch() against a real MLflow server."""
 
 from __future__ import annotations
 
@@ -9,14 +9,15 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from shared.errors import RegistryError
-from shared.registry import BUNDLE_SHA_TAG, configure_client, fetch, register
+from shared.registration import register, use_tracking_server
+from shared.registry import BUNDLE_SHA_TAG, RegistryClient
 from tests.tinymodels import write_tiny_bundle
 
 pytestmark = pytest.mark.integration
 
 
 def test_register_then_fetch_verifies_and_caches(mlflow_server: str, tmp_path: Path) -> None:
-    configure_client(mlflow_server)
+    registry = use_tracking_server(mlflow_server)
     mlflow.set_experiment("registry-test")
     with mlflow.start_run():
         v1 = register(
@@ -26,19 +27,19 @@ def test_register_then_fetch_verifies_and_caches(mlflow_server: str, tmp_path: P
         v2 = register(write_tiny_bundle(tmp_path / "b", name="tiny", seed=2), "tiny", alias=None)
     assert int(v2) == int(v1) + 1
 
-    fetched = fetch("models:/tiny@production", tmp_path / "cache")
+    fetched = registry.fetch("models:/tiny@production", tmp_path / "cache")
     assert (fetched.version, fetched.from_cache_only) == (v1, False)
     assert (tmp_path / "cache" / "tiny" / v1 / "model.onnx").is_file()
-    assert fetch("models:/tiny/" + v2, tmp_path / "cache").version == v2
+    assert registry.fetch("models:/tiny/" + v2, tmp_path / "cache").version == v2
 
     MlflowClient().set_registered_model_alias("tiny", "production", v2)  # roll forward
-    assert fetch("models:/tiny@production", tmp_path / "cache").version == v2
+    assert registry.fetch("models:/tiny@production", tmp_path / "cache").version == v2
 
 
 def test_download_that_differs_from_the_registered_manifest_is_refused(
     mlflow_server: str, tmp_path: Path
 ) -> None:
-    configure_client(mlflow_server)
+    registry = use_tracking_server(mlflow_server)
     mlflow.set_experiment("registry-test")
     with mlflow.start_run():
         version = register(
@@ -48,10 +49,9 @@ def test_download_that_differs_from_the_registered_manifest_is_refused(
     from shared.errors import BundleError
 
     with pytest.raises(BundleError, match="differs from the registry's record"):
-        fetch("models:/tampered@x", tmp_path / "cache")
+        registry.fetch("models:/tampered@x", tmp_path / "cache")
 
 
 def test_unknown_model_is_a_clear_error(mlflow_server: str, tmp_path: Path) -> None:
-    configure_client(mlflow_server)
     with pytest.raises(RegistryError, match="does not exist"):
-        fetch("models:/no-such-model@production", tmp_path / "cache")
+        RegistryClient(mlflow_server).fetch("models:/no-such-model@production", tmp_path / "cache")

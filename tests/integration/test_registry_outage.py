@@ -19,7 +19,7 @@ import mlflow
 import numpy as np
 import pytest
 
-from shared.registry import configure_client, register
+from shared.registration import register, use_tracking_server
 from tests.integration.conftest import mlflow_running
 from tests.procs import free_port, poll_until, readyz_saying, running, wait_http
 from tests.tinymodels import write_tiny_bundle
@@ -69,7 +69,7 @@ def test_outages_never_fail_requests_and_recovery_takes_seconds(tmp_path: Path) 
     root, port = tmp_path / "mlflow", free_port()
     root.mkdir()
     with mlflow_running(root, port) as registry:
-        configure_client(registry)
+        use_tracking_server(registry)
         mlflow.set_experiment("outage")
         with mlflow.start_run():
             bundle = write_tiny_bundle(tmp_path / "b", name=NAME)

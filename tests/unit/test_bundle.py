@@ -11,7 +11,7 @@ import pytest
 from shared.bundle import open_bundle, write_manifest
 from shared.errors import BundleError, RegistryError
 from shared.onnx import OnnxModel
-from shared.registry import ModelRef, configure_client, fetch
+from shared.registry import ModelURI, RegistryClient
 from tests.tinymodels import seed_cache, write_tiny_bundle
 from tests.unit.conftest import DEAD_REGISTRY
 
@@ -101,28 +101,27 @@ def test_onnx_input_checks_dtype_and_shape(tmp_path: Path) -> None:
 
 
 def test_model_uri_parsing() -> None:
-    assert ModelRef.parse("models:/classify@production") == ModelRef("classify", "production", None)
-    assert ModelRef.parse("models:/classify/3") == ModelRef("classify", None, "3")
+    assert ModelURI.parse("models:/classify@production") == ModelURI("classify", "production", None)
+    assert ModelURI.parse("models:/classify/3") == ModelURI("classify", None, "3")
     with pytest.raises(RegistryError, match="not of the form"):
-        ModelRef.parse("s3://bucket/model")
+        ModelURI.parse("s3://bucket/model")
 
 
 def test_unreachable_registry_serves_the_verified_cache(tmp_path: Path) -> None:
     seed_cache(tmp_path)
-    configure_client(DEAD_REGISTRY, timeout_s=2)
-    fetched = fetch("models:/classify@production", tmp_path)
+    fetched = RegistryClient(DEAD_REGISTRY, timeout_s=2).fetch(
+        "models:/classify@production", tmp_path
+    )
     assert (fetched.version, fetched.from_cache_only) == ("1", True)
 
 
 def test_unreachable_registry_and_corrupt_cache_refuses(tmp_path: Path) -> None:
     bundle_dir = seed_cache(tmp_path)
     flip_byte(bundle_dir / "model.onnx")
-    configure_client(DEAD_REGISTRY, timeout_s=2)
     with pytest.raises(BundleError, match="checksum mismatch"):
-        fetch("models:/classify@production", tmp_path)
+        RegistryClient(DEAD_REGISTRY, timeout_s=2).fetch("models:/classify@production", tmp_path)
 
 
 def test_unreachable_registry_and_empty_cache_says_why(tmp_path: Path) -> None:
-    configure_client(DEAD_REGISTRY, timeout_s=2)
     with pytest.raises(RegistryError, match=r"unreachable .* no cached copy"):
-        fetch("models:/classify@production", tmp_path)
+        RegistryClient(DEAD_REGISTRY, timeout_s=2).fetch("models:/classify@production", tmp_path)
