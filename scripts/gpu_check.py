@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from training.models import diffusion as arch
+from models import diffusion as arch
 
 
 def sample(

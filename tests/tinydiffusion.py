@@ -11,9 +11,9 @@ from pathlib import Path
 
 import torch
 
+from models import diffusion as arch
+from models.diffusion_bundle import write_pipeline_bundle
 from shared.bundle import write_manifest
-from training.models import diffusion as arch
-from training.models.diffusion_bundle import write_pipeline_bundle
 
 WORDS = ["a", "photo", "of", "cat", "dog", "red", "blue", "handwritten", "digit", "smoke", "test"]
 

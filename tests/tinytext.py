@@ -18,14 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from shared.bundle import open_bundle
-from shared.registry import FetchedModel
-from tests.tinyexplain import one_torch_thread
-from training import text_data
-from training.export import text_generate, writer
-from training.export.evaluate import Figures
-from training.export.text_classify import export_graph
-from training.models.text import (
+from models.text import (
     SPECIAL_TOKENS,
     TOKENIZER_FILE,
     TextConfig,
@@ -33,6 +26,13 @@ from training.models.text import (
     load_text_bundle,
     write_text_bundle,
 )
+from shared.bundle import open_bundle
+from shared.cache import FetchedModel
+from tests.tinyexplain import one_torch_thread
+from training import text_data
+from training.export import text_generate, writer
+from training.export.evaluate import Figures
+from training.export.text_classify import export_graph
 from training.text_tasks import TASKS, TextData, pad
 
 #: small enough to serve in milliseconds; `max_len` and `max_target_len` are the model's own

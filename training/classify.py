@@ -25,12 +25,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from models import classify as arch
 from shared.errors import BundleError, RegistryError
 from shared.media import ImageSpec
-from shared.registry import configure_client, fetch, register
+from shared.registration import register, use_tracking_server
+from shared.registry import RegistryClient
 from training import data as digits
 from training import tracking
-from training.models import classify as arch
 
 DEFAULT_TRACKING_URI = "http://127.0.0.1:5000"
 QUICK = {"image_size": 16, "epochs": 2, "train_limit": 300, "batch_size": 32}
@@ -113,11 +114,11 @@ class Setup:
     source_run_id: str | None = None
 
 
-def resolve_setup(args: argparse.Namespace) -> Setup:
+def resolve_setup(args: argparse.Namespace, registry: RegistryClient) -> Setup:
     """Architecture and ImageSpec from the flags, or inherited from the `--init-from` model."""
     classes = args.classes or digits.normalize_classes(None)
     if args.init_from:
-        source = fetch(args.init_from, args.cache_dir)
+        source = registry.fetch(args.init_from, args.cache_dir)
         architecture = {**source.bundle.manifest["architecture"], "num_classes": len(classes)}
         spec = ImageSpec.from_manifest(source.bundle.preprocessing)
         say(f"initializing from {args.init_from}: version {source.version}, run {source.run_id}")
@@ -339,9 +340,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
     tracking_uri = os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI)
-    configure_client(tracking_uri, timeout_s=120, max_retries=3)
+    registry = use_tracking_server(tracking_uri, timeout_s=120, max_retries=3)
     try:
-        setup = resolve_setup(args)
+        setup = resolve_setup(args, registry)
     except (RegistryError, BundleError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from services.explain.schemas import BASELINE_METHODS, METHODS
+from models.methods import BASELINE_METHODS, METHODS
 
 COLUMNS = ("deletion_auc", "insertion_auc", "infidelity", "sensitivity", "gini", "top10_mass")
 LAYER_METHODS = ("grad_cam", "guided_grad_cam")
@@ -83,20 +83,20 @@ def explain_rows(args: argparse.Namespace, bundle: Any) -> tuple[list[Row], str]
     """Run every (method, layer) on the first N test images; returns the rows and the model."""
     import torch
 
-    from services.explain import render
-    from services.explain.attribution import (
+    from models import render
+    from models.attribution import (
         Explainer,
         block_layers,
         feature_maps,
         random_map,
         to_map,
     )
-    from services.explain.fidelity import score
-    from services.explain.schemas import MethodParams
+    from models.classify import load_torch_bundle
+    from models.fidelity import score
+    from models.methods import MethodParams
     from shared.media import ImageSpec, gray_to_image
     from shared.settings import available_cores
     from training.data import load_test_set
-    from training.models.classify import load_torch_bundle
 
     torch.set_num_threads(args.threads or available_cores())
     spec = ImageSpec.from_manifest(bundle.preprocessing)
@@ -145,7 +145,7 @@ def explain_rows(args: argparse.Namespace, bundle: Any) -> tuple[list[Row], str]
 
 def write_outputs(rows: list[Row], out: Path) -> list[dict[str, Any]]:
     """One grid PNG per row, table.md, table.csv and summary.json under `out`."""
-    from services.explain import render
+    from models import render
 
     out.mkdir(parents=True, exist_ok=True)
     table = []
@@ -179,12 +179,12 @@ def _cell(value: Any) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from shared.errors import BundleError, RegistryError
-    from shared.registry import configure_client, fetch
+    from shared.registration import use_tracking_server
 
-    configure_client(args.tracking_uri, timeout_s=30, max_retries=3)
+    registry = use_tracking_server(args.tracking_uri, timeout_s=30, max_retries=3)
     say(f"fetching {args.model_uri} from {args.tracking_uri}")
     try:
-        fetched = fetch(args.model_uri, args.cache_dir)
+        fetched = registry.fetch(args.model_uri, args.cache_dir)
     except (RegistryError, BundleError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -27,12 +27,12 @@ import torch
 from diffusers.training_utils import EMAModel
 from PIL import Image
 
-from shared.registry import configure_client, register
+from models import diffusion as arch
+from models.diffusion_bundle import write_pipeline_bundle
+from shared.registration import register, use_tracking_server
 from training import data as digits
 from training import tracking
 from training.generate_quality import build_reference, grid, measure, sample_digits
-from training.models import diffusion as arch
-from training.models.diffusion_bundle import write_pipeline_bundle
 
 DEFAULT_TRACKING_URI = "http://127.0.0.1:5000"
 QUICK = {
@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads or max(1, len(os.sched_getaffinity(0))))
     tracking_uri = os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI)
-    configure_client(tracking_uri, timeout_s=120, max_retries=3)
+    use_tracking_server(tracking_uri, timeout_s=120, max_retries=3)
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)

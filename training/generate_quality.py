@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from models.diffusion import DigitsDiffusionPipeline, make_scheduler
 from training import data as digits
-from training.models.diffusion import DigitsDiffusionPipeline, make_scheduler
 
 FEATURES = 128
 

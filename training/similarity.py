@@ -29,12 +29,12 @@ import torch
 from pytorch_metric_learning import losses, miners, samplers
 from torch.utils.data import DataLoader
 
+from models import similarity as arch
 from shared.media import ImageSpec
-from shared.registry import configure_client, register
+from shared.registration import register, use_tracking_server
 from training import data as digits
 from training import similarity_eval as ev
 from training import tracking
-from training.models import similarity as arch
 
 DEFAULT_TRACKING_URI = "http://127.0.0.1:5000"
 LOSSES = ("triplet", "contrastive")
@@ -301,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads or max(1, len(os.sched_getaffinity(0))))
     tracking_uri = os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI)
-    configure_client(tracking_uri, timeout_s=120, max_retries=3)
+    use_tracking_server(tracking_uri, timeout_s=120, max_retries=3)
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)

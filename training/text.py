@@ -31,10 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from shared.registry import configure_client, register
-from shared.settings import available_cores
-from training import text_data, tracking
-from training.models.text import (
+from models.text import (
     SPECIAL_TOKENS,
     TOKENIZER_FILE,
     TextConfig,
@@ -42,6 +39,9 @@ from training.models.text import (
     freeze,
     write_text_bundle,
 )
+from shared.registration import register, use_tracking_server
+from shared.settings import available_cores
+from training import text_data, tracking
 from training.text_device import DeviceError, autocast, pick_device, use_grad_scaler
 from training.text_tasks import TASKS, Task
 
@@ -264,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
     tracking_uri = os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI)
-    configure_client(tracking_uri, timeout_s=120, max_retries=3)
+    use_tracking_server(tracking_uri, timeout_s=120, max_retries=3)
     task: Task = TASKS[args.task]
     started = time.perf_counter()
     data = task.load(args)

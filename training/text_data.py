@@ -6,7 +6,7 @@
   input = the function's source without its docstring (ast.unparse), target = the docstring's
   first sentence. Deduplicated, and split by module so test functions come from unseen modules.
   Training may add the functions of installed scientific packages (train split only).
-  `code_input` is the model's view of a source (identifiers as words), shared with the service.
+  The model's view of a source (identifiers as words) is `models.text_input.code_input`.
 """
 
 from __future__ import annotations
@@ -44,10 +44,6 @@ SUMMARY_WORDS = (3, 24)
 # installed with the train extra (directly or as a dependency); their functions only ever
 # join the training split, so the held-out split stays "stdlib packages never seen"
 EXTRA_PACKAGES = ("numpy", "scipy", "sklearn", "matplotlib", "pandas")
-RAW_INPUT, WORDS_INPUT = "raw", "identifier-words"
-_CODE_TOKEN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*|\d+|\S")
-_WORD_PART = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|\d+")
-_DEF_NAME = re.compile(r"\bdef\s+([A-Za-z_][A-Za-z0-9_]*)")
 
 
 @dataclass(frozen=True)
@@ -90,34 +86,6 @@ class CodeExample:
     def baseline(self) -> str:
         """The copy-the-function-name baseline: `get_close_matches` → "get close matches"."""
         return self.name.replace("_", " ").strip()
-
-
-def identifier_words(identifier: str) -> list[str]:
-    """`_convert_other` → ["convert", "other"], `TarFile` → ["tar", "file"] (lower case)."""
-    return [part.lower() for part in _WORD_PART.findall(identifier)]
-
-
-def code_input(source: str, input_format: str = WORDS_INPUT) -> str:
-    """The summarizer's view of a source: the function name's words first, then the code with
-    every identifier split into lower-case words and tokens separated by single spaces.
-
-    Summaries reuse the words of names (`is_subnormal` → "Return True if ... subnormal"); as
-    separate words they become the same BPE tokens the summary uses, which the tied embeddings
-    let the decoder copy. Whitespace carries little here and costs tokens, so more of the body
-    fits the token limit. Training and the service both call this (the bundle names the
-    format), so a model always sees what it was trained on. `raw` leaves the text alone.
-    """
-    if input_format == RAW_INPUT:
-        return source
-    if input_format != WORDS_INPUT:
-        raise ValueError(f"unknown summarizer input format {input_format!r}")
-    pieces: list[str] = []
-    for token in _CODE_TOKEN.findall(source):
-        is_name = token[0].isalpha() or token[0] == "_"
-        pieces.extend((identifier_words(token) or [token]) if is_name else [token])
-    name = _DEF_NAME.search(source)
-    head = [*identifier_words(name.group(1)), ":"] if name else []
-    return " ".join(head + pieces)
 
 
 def stdlib_root() -> Path:

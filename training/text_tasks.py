@@ -23,10 +23,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from models.attention_map import attention_png
+from models.decoding import DecodeOptions, generate
+from models.text import BOS_ID, EOS_ID, PAD_ID, SPECIAL_TOKENS
+from models.text_input import RAW_INPUT, WORDS_INPUT, code_input
 from training import text_data, tracking
-from training.models.decoding import DecodeOptions, generate
-from training.models.text import BOS_ID, EOS_ID, PAD_ID, SPECIAL_TOKENS
-from training.text_eval import attention_png, generation_scores
+from training.text_eval import generation_scores
 
 MAX_TARGET_TOKENS = 40
 
@@ -112,8 +114,8 @@ class Task:
     kind: ClassVar[str]
     quick: ClassVar[dict[str, Any]]
     full: ClassVar[dict[str, Any]]
-    # how a text becomes the model's input (`text_data.code_input`); recorded in the bundle
-    input_format: ClassVar[str] = text_data.RAW_INPUT
+    # how a text becomes the model's input (`models.text_input`); recorded in the bundle
+    input_format: ClassVar[str] = RAW_INPUT
     label_smoothing = 0.0
 
     def load(self, args: argparse.Namespace) -> TextData:
@@ -272,14 +274,13 @@ class Generate(Task):
         "label_smoothing": 0.1,
         "no_repeat_ngram": 2,
     }
-    input_format = text_data.WORDS_INPUT
+    input_format = WORDS_INPUT
 
     def load(self, args: argparse.Namespace) -> TextData:
         packages = [p for p in args.extra_packages.split(",") if p]
         splits = text_data.code_splits(args.train_limit, packages)
         sources = {
-            k: [text_data.code_input(e.source, self.input_format) for e in s]
-            for k, s in splits.items()
+            k: [code_input(e.source, self.input_format) for e in s] for k, s in splits.items()
         }
         corpus = [*sources["train"], *(e.summary for e in splits["train"])]
         tokenizer = text_data.train_tokenizer(corpus, args.vocab_size, SPECIAL_TOKENS)

@@ -15,7 +15,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from shared.media import ImageSpec, encode_png, gray_to_image
-from shared.registry import configure_client, fetch
+from shared.registry import RegistryClient
 from tests.procs import (
     free_port,
     poll_until,
@@ -102,11 +102,13 @@ def test_service_agrees_with_pytorch_on_held_out_digits(
 ) -> None:
     import torch
 
+    from models.classify import load_torch_bundle
     from training.data import load_test_set
-    from training.models.classify import load_torch_bundle
 
-    configure_client(exported.tracking_uri)
-    source = fetch("models:/classify-torch@candidate", exported.workdir / "ref-cache").bundle
+    registry_client = RegistryClient(exported.tracking_uri)
+    source = registry_client.fetch(
+        "models:/classify-torch@candidate", exported.workdir / "ref-cache"
+    ).bundle
     spec = ImageSpec.from_manifest(source.preprocessing)
     test = load_test_set(spec, source.preprocessing.get("classes"))
     with torch.no_grad():

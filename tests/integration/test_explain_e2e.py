@@ -20,7 +20,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from services.explain.schemas import METHODS
+from models.methods import METHODS
 from shared.media import encode_png, gray_to_image
 from tests.procs import free_port, run_module, running, tail, wait_http
 

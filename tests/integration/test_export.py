@@ -15,11 +15,12 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
+from models.classify import load_torch_bundle
 from shared.bundle import Bundle, open_bundle
 from shared.errors import BundleError
 from shared.media import ImageSpec
 from shared.onnx import OnnxModel
-from shared.registry import configure_client, fetch
+from shared.registry import RegistryClient
 from tests.procs import (
     free_port,
     poll_until,
@@ -30,7 +31,6 @@ from tests.procs import (
     wait_http,
 )
 from training.data import load_test_set
-from training.models.classify import load_torch_bundle
 
 pytestmark = pytest.mark.integration
 
@@ -75,8 +75,8 @@ def exported(mlflow_server: str, tmp_path_factory: pytest.TempPathFactory) -> Ex
     run_module("training.classify", *train, env=env, log=workdir / "train.log")
     args = export_args(workdir, "--max-accuracy-drop", "15")
     log = run_module("training.export", *args, env=env, log=workdir / "export.log")
-    configure_client(mlflow_server)
-    bundle = fetch(f"models:/{NAME}@production", workdir / "fetched").bundle
+    registry_client = RegistryClient(mlflow_server)
+    bundle = registry_client.fetch(f"models:/{NAME}@production", workdir / "fetched").bundle
     return Exported(mlflow_server, workdir, log, bundle)
 
 

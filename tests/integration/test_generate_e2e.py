@@ -22,7 +22,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from shared.registry import configure_client, fetch, register
+from shared.registration import register, use_tracking_server
+from shared.registry import RegistryClient
 from tests.procs import free_port, run_module, running, tail, wait_http
 from tests.tinydiffusion import write_sd_bundle
 
@@ -45,7 +46,7 @@ def register_tiny_sd(tracking_uri: str, workdir: Path) -> None:
     import mlflow
 
     bundle = write_sd_bundle(workdir / "tiny-sd")
-    configure_client(tracking_uri, timeout_s=60, max_retries=3)
+    use_tracking_server(tracking_uri, timeout_s=60, max_retries=3)
     mlflow.set_experiment("generate-sd-test")
     with mlflow.start_run(run_name="tiny stable diffusion"):
         register(bundle, "generate-sd", alias="production")
@@ -130,8 +131,10 @@ def test_export_registers_the_pipeline_bundle_as_production(stack: Stack) -> Non
     candidate = client.get_model_version_by_alias("generate-torch", "candidate")
     assert production.tags["source_version"] == candidate.version
     assert production.tags["gates"] == "passed"
-    configure_client(stack.tracking_uri, timeout_s=60, max_retries=3)
-    bundle = fetch("models:/generate@production", stack.workdir / "check-cache").bundle
+    registry_client = RegistryClient(stack.tracking_uri, timeout_s=60, max_retries=3)
+    bundle = registry_client.fetch(
+        "models:/generate@production", stack.workdir / "check-cache"
+    ).bundle
     assert {"model_index.json", "unet/diffusion_pytorch_model.safetensors"} <= set(
         bundle.manifest["files"]
     )

@@ -14,7 +14,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from shared.bundle import read_manifest, write_manifest
-from shared.registry import configure_client, register
+from shared.registration import register, use_tracking_server
 from tests.procs import free_port, poll_until, running, wait_http
 from tests.tinymodels import write_tiny_bundle
 from tests.unit.conftest import png_bytes
@@ -79,7 +79,7 @@ def broken_bundle(directory: Path) -> Path:
 def test_alias_move_under_load_swaps_without_a_failed_request(
     mlflow_server: str, tmp_path: Path
 ) -> None:
-    configure_client(mlflow_server)
+    use_tracking_server(mlflow_server)
     mlflow.set_experiment("swap-test")
     with mlflow.start_run():
         v1 = register(

@@ -14,7 +14,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from shared.media import encode_png, gray_to_image
-from shared.registry import configure_client, fetch
+from shared.registry import RegistryClient
 from tests.procs import free_port, run_module, running, tail, wait_http
 from training.data import load_splits
 
@@ -139,12 +139,14 @@ def test_search_returns_the_query_gallery_item_first(served: Served) -> None:
 def test_service_embeddings_match_the_pytorch_encoder(served: Served) -> None:
     import torch
 
+    from models.similarity import load_torch_bundle
     from shared.media import ImageSpec
     from training.data import preprocess
-    from training.models.similarity import load_torch_bundle
 
-    configure_client(served.tracking_uri)
-    source = fetch("models:/similarity-torch@candidate", served.workdir / "ref-cache").bundle
+    registry_client = RegistryClient(served.tracking_uri)
+    source = registry_client.fetch(
+        "models:/similarity-torch@candidate", served.workdir / "ref-cache"
+    ).bundle
     test = load_splits()["test"]
     inputs = preprocess(test.images[:40], ImageSpec.from_manifest(source.preprocessing))
     with torch.no_grad():

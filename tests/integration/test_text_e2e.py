@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from shared.registry import configure_client, fetch
+from shared.registry import RegistryClient
 from tests.procs import free_port, run_module, running, wait_http
 
 pytestmark = pytest.mark.integration
@@ -62,10 +62,10 @@ def service(mlflow_server: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
 
 
 def reference(served: Served, name: str):
-    from training.models.text import load_text_bundle
+    from models.text import load_text_bundle
 
-    configure_client(served.tracking_uri)
-    bundle = fetch(f"models:/{name}@candidate", served.workdir / "ref-cache").bundle
+    registry_client = RegistryClient(served.tracking_uri)
+    bundle = registry_client.fetch(f"models:/{name}@candidate", served.workdir / "ref-cache").bundle
     return load_text_bundle(bundle), bundle
 
 
@@ -148,7 +148,7 @@ def test_classify_agrees_with_pytorch_in_batches(service: Served) -> None:
 
 
 def test_greedy_is_deterministic_and_equals_the_pytorch_reference(service: Served) -> None:
-    from training.models.decoding import DecodeOptions, generate, recorded_rules
+    from models.decoding import DecodeOptions, generate, recorded_rules
     from training.text_data import WORDS_INPUT, code_input
 
     model, bundle = reference(service, "text-generate-torch")
@@ -176,8 +176,10 @@ def served_generate_variant(served: Served) -> str:
     """The summarizer variant the service loaded: the bundle's default (the faster engine)."""
     client = MlflowClient(served.tracking_uri)
     version = client.get_model_version_by_alias("text-generate", "production")
-    configure_client(served.tracking_uri)
-    bundle = fetch(f"models:/text-generate/{version.version}", served.workdir / "ref-cache").bundle
+    registry_client = RegistryClient(served.tracking_uri)
+    bundle = registry_client.fetch(
+        f"models:/text-generate/{version.version}", served.workdir / "ref-cache"
+    ).bundle
     return bundle.default_variant
 
 

@@ -14,12 +14,13 @@ import torch
 from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file
 
+from models.classify import build_model
+from shared.cache import FetchedModel
 from shared.media import ImageSpec
-from shared.registry import FetchedModel, configure_client, fetch
+from shared.registry import RegistryClient
 from tests.procs import run_module
 from training.classify import main
 from training.data import load_splits, load_test_set, split_hash
-from training.models.classify import build_model
 
 pytestmark = pytest.mark.integration
 
@@ -37,8 +38,7 @@ class Runs:
         return MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
 
     def fetch(self, uri: str) -> FetchedModel:
-        configure_client(self.tracking_uri)
-        return fetch(uri, self.workdir / "fetched")
+        return RegistryClient(self.tracking_uri).fetch(uri, self.workdir / "fetched")
 
 
 @pytest.fixture(scope="module")

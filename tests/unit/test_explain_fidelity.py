@@ -7,15 +7,15 @@ import pytest
 import torch
 from torch import nn
 
-from services.explain.attribution import Explainer, evaluations, occlusion_windows, to_map
-from services.explain.fidelity import (
+from models.attribution import Explainer, evaluations, occlusion_windows, to_map
+from models.fidelity import (
     DELETION_STEPS,
     auc,
     deletion_insertion,
     gini,
     top_mass,
 )
-from services.explain.schemas import MethodParams
+from models.methods import MethodParams
 from shared.media import ImageSpec
 
 SPEC = ImageSpec(4, 4, 1, (0.0,), (1.0,))  # black is 0.0 in model space

@@ -10,10 +10,10 @@ import pytest
 import torch
 from torch import nn
 
+from models.classify import architecture_config, build_model
 from tests.tinycnn import small_cnn
 from training.export import prune
 from training.export.onnx import export_onnx, with_weights
-from training.models.classify import architecture_config, build_model
 from training.tracking import parameter_count
 
 EXAMPLE = torch.randn(2, 3, 8, 8)

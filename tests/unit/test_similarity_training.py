@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 
+from models import similarity as arch
 from services.similarity.gallery import Gallery, GalleryEmptyError
 from shared.bundle import open_bundle
 from training import similarity as job
 from training import similarity_eval as ev
 from training.data import image_spec
 from training.export import similarity as exporter
-from training.models import similarity as arch
 
 
 @pytest.fixture(autouse=True)

@@ -6,15 +6,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from training.models.attention import (
+from models.attention import (
     MultiHeadAttention,
     causal_mask,
     padding_mask,
     scaled_dot_product_attention,
     torch_mha_state,
 )
-from training.models.decoding import DecodeOptions, generate
-from training.models.text import Seq2Seq, TextClassifier, TextConfig
+from models.decoding import DecodeOptions, generate
+from models.text import Seq2Seq, TextClassifier, TextConfig
 
 torch.set_num_threads(1)
 

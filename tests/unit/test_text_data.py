@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 from tokenizers import Tokenizer
 
+from models.text import SPECIAL_TOKENS
+from models.text_input import RAW_INPUT, code_input
 from training import text_data
-from training.models.text import SPECIAL_TOKENS
 
 
 def test_language_splits_are_deterministic_and_differ_between_splits() -> None:
@@ -51,18 +52,18 @@ def test_bpe_tokenizer_round_trips_through_tokenizer_json(tmp_path: Path) -> Non
 
 def test_code_input_puts_the_name_first_and_splits_identifiers_into_words() -> None:
     source = "def isSubnormal_v2(self, a):\n    return a._convert_other(TarFile)"
-    assert text_data.code_input(source) == (
+    assert code_input(source) == (
         "is subnormal v 2 : def is subnormal v 2 ( self , a ) : "
         "return a . convert other ( tar file )"
     )
-    assert text_data.code_input("just some words") == "just some words"  # not code: no name
+    assert code_input("just some words") == "just some words"  # not code: no name
 
 
 def test_code_input_raw_format_leaves_the_text_alone_and_unknown_formats_fail() -> None:
     source = "def f(x):\n    return x"
-    assert text_data.code_input(source, text_data.RAW_INPUT) == source
+    assert code_input(source, RAW_INPUT) == source
     with pytest.raises(ValueError, match="unknown summarizer input format"):
-        text_data.code_input(source, "pig-latin")
+        code_input(source, "pig-latin")
 
 
 def test_code_input_lets_the_summary_reuse_the_words_of_the_name() -> None:
@@ -74,7 +75,7 @@ def test_code_input_lets_the_summary_reuse_the_words_of_the_name() -> None:
         return sum(w.strip(".,").lower() in words for w in summary.split())
 
     raw = sum(found(e.source, e.summary) for e in examples)
-    words = sum(found(text_data.code_input(e.source), e.summary) for e in examples)
+    words = sum(found(code_input(e.source), e.summary) for e in examples)
     assert words > 1.5 * raw
 
 

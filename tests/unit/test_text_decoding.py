@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.unit.test_text_attention import tiny_seq2seq
-from training.models.decoding import (
+from models.decoding import (
     DecodeOptions,
     generate,
     model_device,
     recorded_rules,
     repeated_ngram_tokens,
 )
+from tests.unit.test_text_attention import tiny_seq2seq
 
 torch.set_num_threads(1)
 

@@ -12,9 +12,7 @@ import pytest
 import torch
 import torchvision
 
-from shared.bundle import open_bundle
-from shared.media import ImageSpec
-from training.models.classify import (
+from models.classify import (
     ARCHITECTURES,
     WEIGHTS_FILE,
     architecture_config,
@@ -32,6 +30,8 @@ from training.models.classify import (
     trainable_group_count,
     write_torch_bundle,
 )
+from shared.bundle import open_bundle
+from shared.media import ImageSpec
 from training.tracking import classification_metrics, flops_per_image, git_commit, parameter_count
 
 

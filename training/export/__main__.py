@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 
 from shared.errors import BundleError
-from shared.registry import register
+from shared.registration import register
 from training.export import fetch_source
 from training.export.evaluate import Timing
 from training.export.finetune import FineTune

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 
-from shared.registry import configure_client
+from shared.registration import use_tracking_server
 from training.export.__main__ import main as export_main
 
 DEFAULT_SOURCE = "models:/classify-torch@candidate"
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", default="classify", help="registered bundle name")
     args, rest = parser.parse_known_args(argv)  # the rest goes to the export unchanged
     tracking_uri = os.environ.get("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
-    configure_client(tracking_uri, timeout_s=30, max_retries=3)
+    use_tracking_server(tracking_uri, timeout_s=30, max_retries=3)
     ensure_candidate(tracking_uri, args.source)
     started = time.perf_counter()
     export = ["classify", "--source", args.source, "--name", args.name, "--alias", "bench"]

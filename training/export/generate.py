@@ -18,17 +18,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from shared.bundle import MANIFEST, Bundle, write_manifest
-from shared.registry import configure_client, fetch, register
-from shared.settings import available_cores
-from training.models.diffusion import DigitsDiffusionPipeline, UNetFn, make_scheduler
-from training.models.diffusion_bundle import (
+from models.diffusion import DigitsDiffusionPipeline, UNetFn, make_scheduler
+from models.diffusion_bundle import (
     SMOKE_INPUTS,
     SMOKE_OUTPUTS,
     SMOKE_TIMESTEP,
     WEIGHTS,
     onnx_unet_fn,
 )
+from shared.bundle import MANIFEST, Bundle, write_manifest
+from shared.registration import register, use_tracking_server
+from shared.settings import available_cores
 
 ONNX_FILE = "unet.onnx"
 PARITY_ATOL = 1e-3
@@ -180,9 +180,9 @@ def export_generate(
 
     options = options or Options()
     torch.set_num_threads(options.threads or available_cores())
-    configure_client(tracking_uri, timeout_s=30, max_retries=3)
+    registry = use_tracking_server(tracking_uri, timeout_s=30, max_retries=3)
     say(f"fetching {source} from {tracking_uri}")
-    fetched = fetch(source, cache_dir)
+    fetched = registry.fetch(source, cache_dir)
     mlflow.set_experiment("export-generate")
     with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_name=f"export {name}") as run:
         out = Path(tmp) / "bundle"

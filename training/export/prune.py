@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from training.models.classify import head_name
+from models.classify import head_name
 
 
 def prune_channels(model: nn.Module, ratio: float, example: torch.Tensor) -> nn.Module:

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import torch
 
+from shared.cache import FetchedModel
 from shared.errors import BundleError
 from shared.media import ImageSpec
-from shared.registry import FetchedModel
 from shared.settings import available_cores
 from training import data as digits
 from training.export import report, writer
@@ -83,7 +83,7 @@ class Export:
         self.reference_accuracy = 0.0
 
     def stage(self) -> Stage:
-        from training.models.classify import load_torch_bundle
+        from models.classify import load_torch_bundle
 
         source = self.fetched.bundle
         torch.set_num_threads(available_cores())

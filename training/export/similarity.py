@@ -27,9 +27,10 @@ from pathlib import Path
 import numpy as np
 
 from shared.bundle import Bundle
+from shared.cache import FetchedModel
 from shared.errors import BundleError, RegistryError
 from shared.onnx import OnnxModel
-from shared.registry import FetchedModel, register
+from shared.registration import register
 from training.export import fetch_source
 from training.export.similarity_bundle import HeldOut, Variant, run_encoder, write_bundle
 
@@ -100,9 +101,9 @@ def build_onnx(
     """fp32 (parity-checked against PyTorch) and, when asked, int8 static QDQ."""
     import torch
 
+    from models.similarity import OUTPUT_NAME, load_torch_bundle
     from training.export import quantize
     from training.export.onnx import PARITY_ATOL, export_onnx, ort_optimize, simplify
-    from training.models.similarity import OUTPUT_NAME, load_torch_bundle
     from training.similarity_eval import embed
 
     model = load_torch_bundle(fetched.bundle)

@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 
 from shared.bundle import Bundle, open_bundle, write_manifest
+from shared.cache import FetchedModel
 from shared.errors import BundleError
 from shared.onnx import OnnxModel
-from shared.registry import FetchedModel
 
 GALLERY_ITEMS = "gallery.json"
 SAMPLE_INPUTS = "sample_inputs.npy"

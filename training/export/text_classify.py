@@ -19,10 +19,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from models.text import TOKENIZER_FILE, load_text_bundle
 from shared.bundle import Bundle
+from shared.cache import FetchedModel
 from shared.errors import BundleError
 from shared.onnx import OnnxModel
-from shared.registry import FetchedModel, register
+from shared.registration import register
 from shared.settings import available_cores
 from training import text_data, tracking
 from training.export import fetch_source, report, writer
@@ -30,7 +32,6 @@ from training.export.evaluate import Figures, Timing, quality, timings
 from training.export.gates import Gates, fastest, judge
 from training.export.onnx import parity, torch_logits
 from training.export.quantize import quantize_int8_dynamic
-from training.models.text import TOKENIZER_FILE, load_text_bundle
 from training.text_tasks import pad
 
 VARIANTS = ("fp32", "int8-dynamic")

@@ -2,7 +2,7 @@
 
 Two variants of the summarizer: `torch` (safetensors weights, run under `inference_mode`) and
 `onnx` (an encoder graph and decoder graphs that take and return the KV cache, see
-`training.models.text_onnx`). The ONNX variant enters the bundle only when it decodes the smoke
+`models.text_onnx`). The ONNX variant enters the bundle only when it decodes the smoke
 cases to exactly PyTorch's tokens (greedy, beam and sampling); the default is the faster of the
 variants that entered, measured as tokens/s of greedy decoding at 128 new tokens. The bundle
 also carries the tokenizer, the config, the smoke cases (the service reproduces them at load)
@@ -22,27 +22,29 @@ from typing import Any
 
 import torch
 
-from shared.bundle import MANIFEST, open_bundle, write_manifest
-from shared.errors import BundleError
-from shared.registry import FetchedModel, register
-from shared.settings import available_cores
-from training import text_data
-from training.export import fetch_source
-from training.models.decoding import (
+from models.decoding import (
     CHECKS,
     GREEDY,
     DecodeOptions,
     generate,
     reproduces,
 )
-from training.models.text import TOKENIZER_FILE, load_text_bundle
-from training.models.text_onnx import (
+from models.text import TOKENIZER_FILE, load_text_bundle
+from models.text_input import RAW_INPUT, code_input
+from models.text_onnx import (
     DECODER_INIT,
     DECODER_STEP,
     ENCODER,
     OnnxSeq2Seq,
     export_graphs,
 )
+from shared.bundle import MANIFEST, open_bundle, write_manifest
+from shared.cache import FetchedModel
+from shared.errors import BundleError
+from shared.registration import register
+from shared.settings import available_cores
+from training import text_data
+from training.export import fetch_source
 
 SMOKE_FILE = "smoke.json"
 BENCH_TOKENS = 128
@@ -89,10 +91,10 @@ def smoke_cases(fetched: FetchedModel, model: torch.nn.Module, count: int) -> li
 
     tokenizer = Tokenizer.from_file(str(fetched.bundle.file(TOKENIZER_FILE)))
     limit = int(fetched.bundle.preprocessing["max_len"])
-    input_format = fetched.bundle.preprocessing.get("input_format", text_data.RAW_INPUT)
+    input_format = fetched.bundle.preprocessing.get("input_format", RAW_INPUT)
     cases = []
     for example in text_data.code_splits(limit=count)["test"][:count]:
-        ids = tokenizer.encode(text_data.code_input(example.source, input_format)).ids[:limit]
+        ids = tokenizer.encode(code_input(example.source, input_format)).ids[:limit]
         text = tokenizer.decode(ids)
         case = {"text": text, "src": ids, "greedy": generate(model, ids, GREEDY)}
         case.update({o.strategy: generate(model, ids, o) for o in CHECKS})

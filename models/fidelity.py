@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from captum.metrics import infidelity, sensitivity_max
 
-from services.explain.attribution import Explainer
-from services.explain.schemas import MethodParams
+from models.attribution import Explainer
+from models.methods import MethodParams
 
 DELETION_STEPS = 16
 INFIDELITY_SAMPLES = 16

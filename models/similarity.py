@@ -17,9 +17,9 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from models import classify as backbones
 from shared.bundle import Bundle, write_manifest
 from shared.media import ImageSpec
-from training.models import classify as backbones
 
 ARCHITECTURES = ("cnn", "resnet18")
 TASK = "similarity"

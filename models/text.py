@@ -17,8 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from shared.bundle import Bundle, write_manifest
-from training.models.attention import (
+from models.attention import (
     KV,
     DecoderBlock,
     EncoderBlock,
@@ -26,7 +25,8 @@ from training.models.attention import (
     padding_mask,
     positional_encoding,
 )
-from training.text_data import RAW_INPUT
+from models.text_input import RAW_INPUT
+from shared.bundle import Bundle, write_manifest
 
 PAD_ID, BOS_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
 SPECIAL_TOKENS = ["[PAD]", "[BOS]", "[EOS]", "[UNK]"]
@@ -204,7 +204,7 @@ def write_text_bundle(
 ) -> dict[str, Any]:
     """A `<task>-torch` bundle: safetensors weights, the tokenizer and the config (no pickles).
 
-    `input_format` names how a text becomes the model's input (`text_data.code_input`), so the
+    `input_format` names how a text becomes the model's input (`text_input.code_input`), so the
     service prepares requests exactly as training prepared the data.
     """
     # clones: safetensors refuses tensors that share storage (the tied embedding)

@@ -17,8 +17,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from training.models.attention import KV
-from training.models.text import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Memory, Seq2Seq
+from models.attention import KV
+from models.text import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Memory, Seq2Seq
 
 STRATEGIES = ("greedy", "beam", "sample")
 NEVER = torch.tensor([PAD_ID, BOS_ID, UNK_ID])

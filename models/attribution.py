@@ -28,7 +28,7 @@ from captum.attr import (
 )
 from torch import nn
 
-from services.explain.schemas import GRADIENT_METHODS, MethodParams
+from models.methods import GRADIENT_METHODS, MethodParams
 from shared.media import ImageSpec
 
 # Captum warns on every guided-backprop call that it hooks ReLUs; expected, not news. The
@@ -86,7 +86,7 @@ def feature_maps(model: nn.Module, spec: ImageSpec) -> dict[str, tuple[int, int,
 
 def block_layers(model: nn.Module, maps: dict[str, tuple[int, int, int]]) -> list[str]:
     """The network's block groups by name, shallowest first (ResNet `layerN`, DenseNet blocks)."""
-    from training.models.classify import block_groups
+    from models.classify import block_groups
 
     names = {id(module): name for name, module in model.named_modules()}
     try:

@@ -1,6 +1,6 @@
 """The summarizer as ONNX: an encoder graph and a decoder graph with the KV cache as inputs and
 outputs, and `OnnxSeq2Seq`, which runs them behind the `encode`/`decode` interface that
-`training.models.decoding` drives, so greedy, beam and sampling decode through either engine.
+`models.decoding` drives, so greedy, beam and sampling decode through either engine.
 
 Graphs (every layer's tensors stacked on a leading layer axis):
 - `encoder.onnx`: src (batch, src_len) int64 → cross_k, cross_v (layers, batch, heads, src_len,
@@ -19,9 +19,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from models.attention import KV
+from models.text import BOS_ID, Memory, Seq2Seq, TextConfig
 from shared.onnx import session_options
-from training.models.attention import KV
-from training.models.text import BOS_ID, Memory, Seq2Seq, TextConfig
 
 ENCODER, DECODER_INIT, DECODER_STEP = "encoder.onnx", "decoder_init.onnx", "decoder_step.onnx"
 

@@ -14,9 +14,9 @@ import numpy as np
 import torch
 from diffusers import UNet2DModel
 
+from models.diffusion import DigitsDiffusionPipeline, UNetFn
 from shared.bundle import write_manifest
 from shared.onnx import session_options
-from training.models.diffusion import DigitsDiffusionPipeline, UNetFn
 
 SMOKE_INPUTS = "sample_inputs.npy"
 SMOKE_OUTPUTS = "expected_outputs.npy"
