@@ -7,10 +7,10 @@ STAMP := $(VENV)/.installed
 EXTRAS ?= serve,train,similarity,text,explain,generate,dev
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help setup tools test lint format demo mlflow serve-classify serve-explain train-classify \
-	export-classify serve-generate train-generate export-generate \
-	train-similarity export-similarity serve-similarity bench-similarity \
-	train-text export-text serve-text bench-text \
+.PHONY: help setup tools test lint format demo mlflow train-classify \
+	export-classify train-generate export-generate \
+	train-similarity export-similarity bench-similarity \
+	train-text export-text bench-text \
 	loadtest loadtest-check train-all export-all k8s image-sizes wrk bench-serve soak bench-export clean
 
 help:  ## list the targets
@@ -34,12 +34,14 @@ tools:  ## install the system tools the tests use (Debian packages), if missing
 	  echo "==> installing $$tool (Debian package)"; \
 	  $$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get install -y $$tool; }; done
 
-test: setup tools  ## run lint and the whole test suite
+test: setup tools  ## run lint, the import contracts and the whole test suite
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/pytest
 
-lint: setup  ## ruff lint and format check
+lint: setup  ## ruff lint, format check and the import contracts
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/ruff format --check .
 
 format: setup  ## ruff format + autofix
@@ -64,17 +66,33 @@ export-classify: setup  ## export classify-torch@candidate to classify@productio
 bench-export: setup  ## export the default classify model, print its trade-off table (needs `make mlflow`)
 	$(PY) -m training.export.bench $(ARGS)
 
-serve-classify: setup  ## serve models:/classify@production on 127.0.0.1:8001
+deploy-files: setup  ## rewrite what services/catalog.py drives: k8s/base, compose, scrape targets, serve-*, README
+	$(PY) -m scripts.deploy
+
+.PHONY: deploy-files
+# >>> serve: generated from services/catalog.py by `python -m scripts.deploy`; do not edit
+.PHONY: serve-classify serve-similarity serve-explain serve-generate serve-text
+serve-classify: setup  ## classify digits (ONNX): classify @production on 127.0.0.1:8001
 	$(PY) -m services.classify --port 8001
+
+serve-similarity: setup  ## embed, compare and search digits (ONNX + FAISS): similarity @production on 127.0.0.1:8002
+	$(PY) -m services.similarity --port 8002
+
+serve-explain: setup  ## explain the classify model (Captum): classify @production on 127.0.0.1:8003
+	$(PY) -m services.explain --port 8003
+
+serve-generate: setup  ## generate digit images (diffusion): generate @production on 127.0.0.1:8004
+	$(PY) -m services.generate --port 8004
+
+serve-text: setup  ## language ID and code summaries: text-classify + text-generate @production on 127.0.0.1:8005
+	$(PY) -m services.text --port 8005
+# <<< serve
 
 train-similarity: setup  ## train the Siamese digit encoder, register similarity-torch@candidate (needs `make mlflow`)
 	$(PY) -m training.similarity $(ARGS)
 
 export-similarity: setup  ## export similarity-torch@candidate (ONNX + gallery) to similarity@production
 	$(PY) -m training.export similarity $(ARGS)
-
-serve-similarity: setup  ## serve models:/similarity@production on 127.0.0.1:8002
-	$(PY) -m services.similarity --port 8002
 
 bench-similarity: setup  ## similarity AUC/EER/recall/mAP, ORT batch-32 throughput, search p50 over HTTP
 	$(PY) -m scripts.bench_similarity $(ARGS)
@@ -87,14 +105,8 @@ export-text: setup  ## export them to text-classify / text-generate @production
 	$(PY) -m training.export text-classify
 	$(PY) -m training.export text-generate
 
-serve-text: setup  ## serve text-classify + text-generate @production on 127.0.0.1:8005
-	$(PY) -m services.text --port 8005
-
 bench-text: setup  ## tokens/s with/without KV cache (torch, onnx), TTFT, classify fp32 vs int8 at b32
 	$(PY) -m scripts.bench_text --tracking-uri $${MLFLOW_TRACKING_URI:-http://127.0.0.1:5000} --url http://127.0.0.1:8005
-
-serve-explain: setup  ## explain models:/classify@production (Captum) on 127.0.0.1:8003
-	$(PY) -m services.explain --port 8003
 
 train-generate: setup  ## train the digits diffusion model, register generate-torch@candidate
 	$(PY) -m training.generate $(ARGS)
@@ -102,16 +114,13 @@ train-generate: setup  ## train the digits diffusion model, register generate-to
 export-generate: setup  ## export generate-torch@candidate to generate@production
 	$(PY) -m training.export generate $(ARGS)
 
-serve-generate: setup  ## serve models:/generate@production on 127.0.0.1:8004
-	$(PY) -m services.generate --port 8004
-
 train-all: setup  ## train every model in turn (python -m training.all train; needs `make mlflow`)
 	$(PY) -m training.all train $(ARGS)
 
 export-all: setup  ## export every trained model in turn (python -m training.all export)
 	$(PY) -m training.all export $(ARGS)
 
-k8s: setup  ## regenerate k8s/base/<service>.yaml from scripts/k8s.py's table
+k8s: setup  ## regenerate k8s/base/<service>.yaml from services/catalog.py
 	$(PY) -m scripts.k8s
 
 image-sizes: setup  ## install each image's extras into a fresh venv: size + docker/constraints-*.txt

@@ -5,39 +5,35 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import HTMLResponse
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest, start_http_server
+from prometheus_client import start_http_server
 
 from shared.admission import Admission
-from shared.errors import ModelNotReadyError, UnauthorizedError
+from shared.errors import UnauthorizedError
+from shared.health import add_health
 from shared.metrics import Metrics
 from shared.middleware import ServingMiddleware
 from shared.problem import install_error_handlers
 from shared.requests import error_responses
-from shared.service import ModelRuntime, ModelService
+from shared.routes import build_router
+from shared.runtime import ModelRuntime
+from shared.service import Service
 from shared.settings import ServingSettings, available_cores
 from shared.tracing import instrument, tracing_requested
+from shared.v2routes import v2_health_router, v2_router
 
 log = logging.getLogger("modelplane.app")
 
-ServiceFactory = Callable[[], ModelService[Any, Any, Any, Any]]
 
-
-async def get_runtime(request: Request) -> ModelRuntime:
-    # async: FastAPI runs a sync dependency in a worker thread, a thread hop on every request
-    return request.app.state.runtime
-
-
-RuntimeDep = Annotated[ModelRuntime, Depends(get_runtime)]
 _bearer = HTTPBearer(auto_error=False, description="API_TOKEN (when the service sets one)")
 
 
@@ -64,28 +60,34 @@ def protection(settings: ServingSettings) -> list[Any]:
     return [Depends(require_token)] if settings.api_tokens() else []
 
 
-def create_app(
-    service: ServiceFactory, settings: ServingSettings | None = None, *, load: bool = True
-) -> FastAPI:
-    """Build a service app: lifespan loading, health, metrics, errors, limits and docs.
+def service_settings(service: Service, settings: ServingSettings | None) -> ServingSettings:
+    """`settings` as the service's own settings class (its defaults below anything set)."""
+    wanted = service.settings_class
+    if settings is None:
+        return wanted()
+    if isinstance(settings, wanted):
+        return settings
+    return wanted(**settings.model_dump(exclude_unset=True))
 
-    `service` is the ModelService class (or any factory of instances); a fresh instance is made
-    per model load. `load=False` leaves loading to the caller (tests drive it directly).
-    """
-    defaults = getattr(service, "settings_defaults", {})
-    settings = (settings or ServingSettings()).with_defaults(defaults)
-    name = service.name  # type: ignore[attr-defined]
+
+def create_app(
+    service: Service | type[Service], settings: ServingSettings | None = None, *, load: bool = True
+) -> FastAPI:
+    """Build a service app: lifespan loading, health, metrics, errors, limits, docs and the
+    declared endpoints. `load=False` leaves loading to the caller (tests drive it directly)."""
+    service = service() if isinstance(service, type) else service
+    settings = service_settings(service, settings)
+    name = service.name
     metrics = Metrics(name)
     runtime = ModelRuntime(service, settings, metrics)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         log.info(
-            "starting %s: model %s, variant %s, onnx intra-op threads %d, inference workers %d, "
+            "starting %s: models %s, onnx intra-op threads %d, inference workers %d, "
             "max batch %d, cores %d",
             name,
-            runtime.uri,
-            settings.model_variant or "(bundle default)",
+            ", ".join(slot.source.uri for slot in runtime.enabled_slots() if slot.source),
             settings.intra_op_threads(),
             settings.inference_workers,
             settings.max_batch_size,
@@ -137,14 +139,12 @@ def create_app(
         model_version=lambda: runtime.current.version if runtime.current else None,
     )
     _add_docs(app)
-    _add_health(app, runtime, metrics)
+    add_health(app, runtime, protection(settings))
     protected = protection(settings)
-    routers = [service.router]  # type: ignore[attr-defined]
-    if service.supports_tensors:  # type: ignore[attr-defined]
-        from shared.protocol_v2 import build_health_router, build_router
-
-        app.include_router(build_health_router())  # probes: no token, like /readyz
-        routers.append(build_router())
+    routers = [build_router(service, runtime)]
+    if any(spec.tensor for spec in service.models):
+        app.include_router(v2_health_router())  # probes: no token, like /readyz
+        routers.append(v2_router())
     for router in routers:
         app.include_router(_document_refusals(router), dependencies=protected)
     if tracing_requested():
@@ -160,76 +160,6 @@ def _document_refusals(router: APIRouter) -> APIRouter:
             for code, spec in error_responses(413, 429, 503).items():
                 route.responses.setdefault(code, spec)
     return router
-
-
-def _add_health(app: FastAPI, runtime: ModelRuntime, metrics: Metrics) -> None:
-    @app.get("/livez", tags=["health"], summary="The process is alive (never checks the model).")
-    async def livez() -> dict[str, str]:
-        return {"status": "alive"}
-
-    @app.get(
-        "/readyz",
-        tags=["health"],
-        summary="200 once the model is loaded, verified and warm.",
-        responses=error_responses(503),
-    )
-    async def readyz() -> dict[str, Any]:
-        model = runtime.current
-        if runtime.draining:
-            raise ModelNotReadyError("shutting down: finishing the requests in progress")
-        if model is None:
-            raise ModelNotReadyError(f"not ready: {runtime.last_error}")
-        return {"status": "ready", "model": model.info()}
-
-    if runtime.settings.metrics_port is None:
-
-        @app.get(
-            "/metrics",
-            tags=["health"],
-            summary="Prometheus metrics.",
-            response_class=Response,
-            responses={200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {}}}},
-        )
-        async def prometheus_metrics() -> Response:
-            return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
-
-    @app.get(
-        "/v1/model",
-        tags=["model"],
-        summary="The model being served and its input spec.",
-        responses=error_responses(401, 503),
-        dependencies=protection(runtime.settings),
-    )
-    async def model_info() -> JSONResponse:
-        model = runtime.require_model()
-        manifest = model.service.describe()
-        return JSONResponse(
-            {
-                **model.info(),
-                "uri": model.uri,
-                "source_run": model.run_id,
-                "from_cache_only": model.from_cache_only,
-                "load_seconds": round(model.load_seconds, 3),
-                "batching": {
-                    "max_batch_size": runtime.batch_config.max_batch_size,
-                    "max_delay_ms": runtime.batch_config.max_delay_ms,
-                    "max_queue": runtime.batch_config.max_queue,
-                },
-                "limits": {
-                    "max_in_flight": runtime.settings.max_in_flight,
-                    "rate_limit_rps": runtime.settings.rate_limit_rps,
-                    "max_body_bytes": runtime.settings.max_body_bytes,
-                    "request_timeout_s": runtime.settings.request_timeout_s,
-                },
-                "threads": {
-                    "cores": available_cores(),
-                    "onnx_intra_op": runtime.settings.intra_op_threads(),
-                    "inference_workers": runtime.settings.inference_workers,
-                    "preprocess_workers": runtime.preprocess_workers,
-                },
-                **manifest,
-            }
-        )
 
 
 def _add_docs(app: FastAPI) -> None:

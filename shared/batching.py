@@ -48,6 +48,7 @@ class _Pending:
     future: asyncio.Future[Any]
     enqueued: float
     deadline: float | None
+    route: str
 
 
 class Batcher:
@@ -102,12 +103,13 @@ class Batcher:
             await asyncio.sleep(0.005)  # a one-off wait per swap, not on the request path
         await self.stop()
 
-    async def submit(self, item: Any, timeout_s: float | None = None) -> Any:
-        """Queue one item and wait for its output; full queue → 503, expired deadline → 504."""
+    async def submit(self, item: Any, timeout_s: float | None = None, route: str = "") -> Any:
+        """Queue one item and wait for its output; full queue → 503, expired deadline → 504.
+        `route` labels the item's queue and predict time in the per-stage histogram."""
         self.start()
         now = time.monotonic()
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        pending = _Pending(item, future, now, now + timeout_s if timeout_s else None)
+        pending = _Pending(item, future, now, now + timeout_s if timeout_s else None, route)
         try:
             self._queue.put_nowait(pending)
         except asyncio.QueueFull:
@@ -156,13 +158,19 @@ class Batcher:
             if not live:
                 return
             started = time.monotonic()
+            stages = self.metrics.stage_duration
             for pending in live:
-                self.metrics.queue_wait.labels(self.service).observe(started - pending.enqueued)
+                waited = started - pending.enqueued
+                self.metrics.queue_wait.labels(self.service).observe(waited)
+                stages.labels(self.service, pending.route, "queue").observe(waited)
             self.metrics.batch_size.labels(self.service).observe(len(live))
             loop = asyncio.get_running_loop()
             results = await loop.run_in_executor(
                 self.executor, self._predict_isolating, [p.item for p in live]
             )
+            ran = time.monotonic() - started
+            for route in {pending.route for pending in live}:
+                stages.labels(self.service, route, "predict").observe(ran)
             for pending, result in zip(live, results, strict=True):
                 if pending.future.done():
                     continue

@@ -42,6 +42,10 @@ class UnauthorizedError(ServingError):
         super().__init__(detail, headers={"WWW-Authenticate": "Bearer"})
 
 
+class ModelNotFoundError(ServingError):
+    status, code, title = 404, "model_not_found", "Not Found"
+
+
 class PayloadTooLargeError(ServingError):
     status, code, title = 413, "payload_too_large", "Payload Too Large"
 

@@ -56,12 +56,21 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.stage_duration = Histogram(
+            "modelplane_stage_duration_seconds",
+            "Time a request spent in each stage (preprocess, queue, predict, postprocess), by "
+            "route template; predict is its batch's run for batched routes.",
+            ["service", "route", "stage"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
         self.model_info = Gauge(
             "modelplane_model_info",
-            "The model being served (value 1 for the active one).",
+            "The models being served (value 1 for each active one).",
             ["service", "name", "version", "variant"],
             registry=self.registry,
         )
+        self._served: dict[str, tuple[str, str, str]] = {}  # model key -> its label values
         self.model_load_seconds = Gauge(
             "modelplane_model_load_seconds",
             "Seconds the last successful model load took (fetch, verify, load, warm up).",
@@ -113,6 +122,9 @@ class Metrics:
         for reason in ("queue_full", "deadline", "in_flight", "rate_limit"):
             self.rejections.labels(service, reason)
 
-    def set_model(self, name: str, version: str, variant: str) -> None:
-        self.model_info.clear()
+    def set_model(self, key: str, name: str, version: str, variant: str) -> None:
+        """Model `key` now serves name/version/variant (its previous sample is removed)."""
+        if (previous := self._served.get(key)) is not None:
+            self.model_info.remove(self.service, *previous)
+        self._served[key] = (name, version, variant)
         self.model_info.labels(self.service, name, version, variant).set(1)

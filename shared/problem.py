@@ -102,6 +102,8 @@ def install_error_handlers(app: FastAPI) -> None:
                 exc_info=exc,
             )
             detail = "the server failed to handle this request; see the log for its request id"
+        if getattr(request.state, "protocol", None) == "v2":  # the protocol's own error body
+            return JSONResponse({"error": detail}, status_code=exc.status, headers=exc.headers)
         return problem(exc.status, exc.title, detail, exc.code, request, exc.headers)
 
     async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any, TypeVar
 
 from fastapi import Request
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from shared.errors import InvalidParameterError, UnsupportedMediaTypeError
+from shared.errors import InvalidInputError, InvalidParameterError, UnsupportedMediaTypeError
 
 BodyT = TypeVar("BodyT", bound=BaseModel)
 
@@ -38,14 +39,45 @@ def parse_json(raw: bytes | str, model: type[BodyT]) -> BodyT:
         raise InvalidParameterError(detail) from exc
 
 
-async def read_json(request: Request, model: type[BodyT], hint: str = "") -> BodyT:
-    """The body of a JSON-only route: 415 for any other content type, then `parse_json`."""
+async def read_json(request: Request, model: type[BodyT]) -> BodyT:
+    """The body of a JSON route: 415 for any other content type, a string holding a lone
+    surrogate is named (400), then `parse_json`."""
     kind = media_type(request)
     if kind != "application/json":
         raise UnsupportedMediaTypeError(
-            f"content type {kind or '(none)'!r} is not accepted; send application/json{hint}"
+            f"content type {kind or '(none)'!r} is not accepted; send application/json"
         )
-    return parse_json(await request.body(), model)
+    raw = await request.body()
+    if b"\\u" in raw:  # only an escape can spell a lone surrogate in valid UTF-8 JSON
+        try:
+            parsed = json.loads(raw)
+        except ValueError:
+            parsed = None  # parse_json below reports the JSON error as a 422
+        if where := lone_surrogate_path(parsed, "body"):
+            raise InvalidInputError(
+                f"{where.removeprefix('body.')} is not valid Unicode: it holds a lone surrogate "
+                "(an unpaired \\ud800-\\udfff escape)"
+            )
+    return parse_json(raw, model)
+
+
+def lone_surrogate_path(value: Any, path: str) -> str | None:
+    """The path of the first string holding a lone surrogate (JSON allows `\\ud800`)."""
+    if isinstance(value, str):
+        return path if any(0xD800 <= ord(c) <= 0xDFFF for c in value) else None
+    if isinstance(value, dict):
+        items: Any = value.items()
+    elif isinstance(value, list):
+        items = enumerate(value)
+    else:
+        return None
+    for key, item in items:
+        found = lone_surrogate_path(
+            item, f"{path}.{key}" if isinstance(key, str) else f"{path}[{key}]"
+        )
+        if found:
+            return found
+    return None
 
 
 def json_body(model: type[BaseModel]) -> dict[str, Any]:

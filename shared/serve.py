@@ -8,12 +8,15 @@ import logging
 import os
 import socket
 import threading
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
 from shared.logs import configure_logging, write_synchronously
+
+if TYPE_CHECKING:
+    from shared.service import Service
 
 log = logging.getLogger("modelplane.serve")
 
@@ -28,18 +31,9 @@ def limit_math_threads() -> None:
         os.environ.setdefault(var, "1")
 
 
-def run(
-    service: Any,
-    default_port: int,
-    argv: list[str] | None = None,
-    build_app: Callable[[Any], Any] | None = None,
-) -> int:
-    """Parse --host/--port, build settings and the app, and serve with one uvicorn worker.
-
-    `build_app(settings)` replaces `create_app(service, settings)` for an app assembled
-    differently (generate serving a local pipeline directory)."""
+def run(service: type[Service], default_port: int, argv: list[str] | None = None) -> int:
+    """Parse --host/--port, build the service's settings and app, serve with one uvicorn worker."""
     from shared.app import create_app
-    from shared.settings import ServingSettings
 
     parser = argparse.ArgumentParser(prog=f"python -m services.{service.name}")
     parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
@@ -52,9 +46,9 @@ def run(
         "connections across them (env REUSE_PORT)",
     )
     args = parser.parse_args(argv)
-    settings = ServingSettings()
+    settings = service.settings_class()
     configure_logging(settings.log_level, settings.log_json)
-    app = build_app(settings) if build_app else create_app(service, settings)
+    app = create_app(service, settings)
     where: dict[str, Any] = {"host": args.host, "port": args.port}
     shared_socket = _reuse_port_socket(args.host, args.port) if args.reuse_port else None
     if shared_socket is not None:  # kept referenced: uvicorn serves on its descriptor

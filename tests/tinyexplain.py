@@ -18,12 +18,12 @@ import torch
 from fastapi.testclient import TestClient
 from torch import nn
 
+from models.classify import architecture_config, build_model, write_torch_bundle
 from services.explain.service import ExplainService
 from shared.app import create_app
 from shared.media import ImageSpec, gray_to_image, image_to_array
 from shared.settings import ServingSettings
 from tests.unit.conftest import DEAD_REGISTRY, png_bytes, wait_ready
-from training.models.classify import architecture_config, build_model, write_torch_bundle
 
 SIZE = 16
 SPEC = ImageSpec(SIZE, SIZE, 1, (0.5,), (0.5,))

@@ -16,7 +16,7 @@ import onnx
 from fastapi.testclient import TestClient
 from onnx import TensorProto, helper, numpy_helper
 
-from services.similarity.service import SimilarityFactory
+from services.similarity.service import SimilarityService
 from shared.app import create_app
 from shared.bundle import write_manifest
 from shared.media import ImageSpec
@@ -126,7 +126,7 @@ def settings_for(cache_dir: Path, **overrides: object) -> ServingSettings:
 @contextmanager
 def serving(cache_dir: Path, **overrides: object) -> Iterator[TestClient]:
     """An in-process similarity app over the cached bundle, ready."""
-    app = create_app(SimilarityFactory(), settings_for(cache_dir, **overrides))  # type: ignore[arg-type]
+    app = create_app(SimilarityService(), settings_for(cache_dir, **overrides))
     with TestClient(app) as client:
         wait_ready(client)
         yield client

@@ -1,4 +1,5 @@
-"""ClassifyRequest / ClassifyResponse."""
+"""The classify route's bodies: what crosses the wire (`*Body`, `*Query`, `*Response`) and
+what the model sees whatever form the image came in (`ClassifyItem`)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from shared.requests import RequestBody
 from shared.responses import ModelRef
 
 
-class ClassifyJSONRequest(RequestBody):
+class ClassifyBody(RequestBody):
     """JSON form of a classify request."""
 
     image: str = Field(
@@ -24,9 +25,15 @@ class ClassifyJSONRequest(RequestBody):
     )
 
 
+class ClassifyQuery(BaseModel):
+    """Query parameters of POST /v1/classify."""
+
+    top_k: int | None = Field(None, ge=1, le=1000, description="Overrides the body's top_k.")
+
+
 @dataclass(frozen=True)
-class ClassifyRequest:
-    """One request as the service sees it, whatever form it arrived in."""
+class ClassifyItem:
+    """One request as the model sees it, whatever form it arrived in."""
 
     image: bytes
     top_k: int

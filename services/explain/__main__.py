@@ -1,5 +1,6 @@
 """python -m services.explain --host 127.0.0.1 --port 8003"""
 
+from services.catalog import entry
 from shared.serve import limit_math_threads
 
 limit_math_threads()
@@ -8,4 +9,4 @@ from services.explain.service import ExplainService  # noqa: E402
 from shared.serve import run  # noqa: E402
 
 if __name__ == "__main__":
-    raise SystemExit(run(ExplainService, default_port=8003))
+    raise SystemExit(run(ExplainService, default_port=entry("explain").port))

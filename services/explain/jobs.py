@@ -14,10 +14,10 @@ import torch
 from captum.attr import LayerActivation
 from PIL import Image
 
-from services.explain import render
-from services.explain.attribution import Explainer, first_conv, random_map, to_map
-from services.explain.fidelity import score
-from services.explain.schemas import PARAMS_OF, MethodParams
+from models import render
+from models.attribution import Explainer, first_conv, random_map, to_map
+from models.fidelity import score
+from models.methods import PARAMS_OF, MethodParams
 
 
 @dataclass(frozen=True)

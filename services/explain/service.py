@@ -11,13 +11,13 @@ from __future__ import annotations
 import copy
 import logging
 import queue
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import torch
+from pydantic import Field
 
-from services.explain import jobs
-from services.explain.attribution import (
+from models.attribution import (
     Explainer,
     block_layers,
     default_layer,
@@ -25,22 +25,24 @@ from services.explain.attribution import (
     feature_maps,
     first_conv,
 )
-from services.explain.fidelity import evaluations as fidelity_evaluations
+from models.fidelity import evaluations as fidelity_evaluations
+from models.methods import METHODS, PARAMS_OF, MethodParams
+from services.explain import jobs
 from services.explain.jobs import ActivationsJob, ExplainJob, FiltersJob, Job
-from services.explain.routes import router
 from services.explain.schemas import (
     MAX_EVALUATIONS,
-    METHODS,
-    PARAMS_OF,
     ActivationsJSONRequest,
+    ActivationsResponse,
     CompareJSONRequest,
+    CompareResponse,
     ExplainJSONRequest,
-    MethodParams,
+    ExplainResponse,
+    FiltersResponse,
 )
 from shared.bundle import Bundle
 from shared.errors import BundleError, InferenceError, InvalidParameterError, ServingError
 from shared.media import ImageSpec, decode_base64, decode_image, image_to_array
-from shared.service import ModelService
+from shared.service import Call, Endpoint, Lane, ModelService, ModelSpec, Pool, Service
 from shared.settings import ServingSettings
 
 log = logging.getLogger("modelplane.explain")
@@ -51,27 +53,30 @@ _CAM_METHODS = ("grad_cam", "guided_grad_cam")
 # A torch bundle's sample outputs come from the fp32 ONNX export; parity there is 1e-4.
 _SMOKE_ATOL = 1e-3
 
-Request = ExplainJSONRequest | CompareJSONRequest | ActivationsJSONRequest | FiltersJob
+Request = ExplainJSONRequest | CompareJSONRequest | ActivationsJSONRequest
 
 
-class ExplainService(ModelService[Request, Job, Any, dict[str, Any]]):
+class ExplainSettings(ServingSettings):
+    """The explain service's defaults: an explanation takes up to seconds, so a short queue and
+    a longer wait before a queued request is shed (504); heatmaps come back at the input's
+    size, so inputs are capped at 1024x1024."""
+
+    max_queue: int = Field(16, ge=1, le=100_000, description="Explanations that may wait.")
+    request_timeout_s: float = Field(
+        60.0, gt=0, le=3600, description="Deadline of a request; expired before it runs: 504."
+    )
+    max_image_pixels: int = Field(
+        1024 * 1024, ge=1, description="Largest decoded image (width*height), checked first."
+    )
+
+
+class ExplainModel(ModelService):
     """Image → attribution heatmaps, fidelity scores, feature maps and filters."""
 
-    name = "explain"
-    router = router
-    registered_model = "classify"  # it explains the classifier, not a model of its own
-    # an explanation takes up to seconds: one item per batch, a short queue, a longer wait
-    # before a queued request is shed (504); heatmaps come back at the input's size, so
-    # inputs are capped at 1024x1024
-    settings_defaults: ClassVar[dict[str, Any]] = {
-        "max_batch_size": 1,
-        "max_queue": 16,
-        "request_timeout_s": 60.0,
-        "max_image_pixels": 1024 * 1024,
-    }
+    fixed_variant = WEIGHTS_VARIANT  # autograd needs the torch weights, whatever MODEL_VARIANT
 
     def load(self, bundle: Bundle, variant: str, settings: ServingSettings) -> None:
-        from training.models.classify import load_torch_bundle
+        from models.classify import load_torch_bundle
 
         manifest = bundle.manifest
         if manifest.get("task") != "classify" or not {"architecture", "torch_weights"} <= set(
@@ -95,9 +100,9 @@ class ExplainService(ModelService[Request, Job, Any, dict[str, Any]]):
         self.first_conv = first_conv(model)[0]
         replicas = [Explainer.build(model, self.spec)]
         replicas += [Explainer.build(copy.deepcopy(model), self.spec) for _ in range(workers - 1)]
-        self.pool: queue.SimpleQueue[Explainer] = queue.SimpleQueue()
+        self.replicas: queue.SimpleQueue[Explainer] = queue.SimpleQueue()
         for replica in replicas:
-            self.pool.put(replica)
+            self.replicas.put(replica)
         self.reference = replicas[0]
 
     def warmup(self) -> None:
@@ -134,8 +139,6 @@ class ExplainService(ModelService[Request, Job, Any, dict[str, Any]]):
 
     # ---- validation (preprocess runs in a worker thread, before the queue) ---------------
     def preprocess(self, request: Request) -> Job:
-        if isinstance(request, FiltersJob):
-            return request
         data = decode_base64(request.image)
         image = decode_image(data, self.max_pixels)
         x = image_to_array(image, self.spec)
@@ -221,22 +224,72 @@ class ExplainService(ModelService[Request, Job, Any, dict[str, Any]]):
                 "no fidelity)"
             )
 
-    # ---- work (predict runs in the inference executor) -----------------------------------
-    def predict(self, items: list[Job]) -> list[Any]:
-        """Each item on its own: one failure fails only its own request, nothing is rerun."""
-        return [self._run_one(item) for item in items]
-
-    def _run_one(self, job: Job) -> Any:
-        explainer = self.pool.get()
+    # ---- work (on the `explain` pool: INFERENCE_WORKERS at once, one replica each) -------
+    def run(self, job: Job, call: Call) -> dict[str, Any]:
+        """One job on a free replica; the input was validated, so a failure is the server's."""
+        explainer = self.replicas.get()
         try:
             return jobs.run(explainer, job, self.labels)
-        except ServingError as exc:
-            return exc
-        except Exception as exc:  # input was validated, so this is a server fault
+        except ServingError:
+            raise
+        except Exception as exc:
             log.exception("explanation failed")
-            return InferenceError(f"explanation failed: {type(exc).__name__}")
+            raise InferenceError(f"explanation failed: {type(exc).__name__}") from exc
         finally:
-            self.pool.put(explainer)
+            self.replicas.put(explainer)
 
-    def postprocess(self, output: dict[str, Any], request: Request) -> dict[str, Any]:
-        return output
+    def filters(self, _: None, call: Call) -> dict[str, Any]:
+        return self.run(FiltersJob(), call)
+
+
+def _explaining(path: str, summary: str, body: type[Any], response: type[Any]) -> Endpoint:
+    return Endpoint(
+        path,
+        Lane.DIRECT,
+        summary,
+        body=body,
+        preprocess=ExplainModel.preprocess,
+        call=ExplainModel.run,
+        pool="explain",
+        response=response,
+    )
+
+
+class ExplainService(Service):
+    """Captum explanations of the classify model (its torch weights), one job per worker."""
+
+    name = "explain"
+    settings_class = ExplainSettings
+    # it explains the classifier, not a model of its own
+    models = (ModelSpec("classify", ExplainModel, "classify"),)
+    pools = (Pool("explain", workers="inference_workers", queue="max_queue"),)
+    endpoints = (
+        _explaining(
+            "/v1/explain",
+            "Explain one prediction with one attribution method; a heatmap over the input.",
+            ExplainJSONRequest,
+            ExplainResponse,
+        ),
+        _explaining(
+            "/v1/explain/compare",
+            "Several methods on one image: a side-by-side panel and each one's fidelity.",
+            CompareJSONRequest,
+            CompareResponse,
+        ),
+        _explaining(
+            "/v1/explain/activations",
+            "The top-N channels (by mean activation) of a named layer as a PNG grid.",
+            ActivationsJSONRequest,
+            ActivationsResponse,
+        ),
+        Endpoint(
+            "/v1/explain/filters",
+            Lane.DIRECT,
+            "The first conv layer's filters as a PNG grid.",
+            method="GET",
+            call=ExplainModel.filters,
+            pool="explain",
+            response=FiltersResponse,
+            errors=(401, 503),
+        ),
+    )

@@ -10,21 +10,16 @@ scheduler config.
 from __future__ import annotations
 
 import json
-import threading
-import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
-from services.generate.prompts import ACCEPTED, digit_from_prompt
-from services.generate.schemas import GenerateRequest
-from shared.errors import BundleError, DeadlineExceededError, InvalidParameterError, ServingError
-from training.models.diffusion import (
+from models.diffusion import (
     DEFAULT_SCHEDULER,
     PIXEL_SPACE_OVERRIDES,
     SCHEDULERS,
@@ -34,41 +29,22 @@ from training.models.diffusion import (
     scheduler_name,
     to_uint8,
 )
+from services.generate.prompts import ACCEPTED, digit_from_prompt
+from services.generate.schemas import GenerateBody
+from shared.errors import BundleError, InvalidParameterError
 
 #: (step from 1, steps, preview or None) → None; may raise to stop the generation
 StepHook = Callable[[int, int, Callable[[], np.ndarray] | None], None]
 MAX_UPSCALE = 16
 
 
-class GenerationCancelledError(ServingError):
-    """The client went away; the generation stopped early."""
-
-    status, code, title = 499, "cancelled", "Client Closed Request"
-
-
 @dataclass
 class Job:
-    """One validated generation, as `predict` runs it."""
+    """One validated generation: its parameters, one seed per image, and preview cadence."""
 
     params: dict[str, Any]
     seeds: list[int]
-    model: dict[str, str]
-    deadline: float
-    timeout_s: float
-    created: float = field(default_factory=time.monotonic)
-    progress: Callable[[dict[str, Any]], None] | None = None
-    cancelled: threading.Event = field(default_factory=threading.Event)
     preview_every: int = 0
-
-    def check(self, step: int, steps: int) -> None:
-        """Stop between steps when the client left or the request timeout has passed."""
-        if self.cancelled.is_set():
-            raise GenerationCancelledError("the client closed the connection")
-        if time.monotonic() > self.deadline:
-            raise DeadlineExceededError(
-                f"the generation passed the request timeout of {self.timeout_s:g}s at step "
-                f"{step} of {steps}; ask for fewer steps, images or pixels"
-            )
 
 
 def generators(seeds: list[int]) -> list[torch.Generator]:
@@ -91,7 +67,7 @@ class Generator(ABC):
         """A fresh scheduler of kind `name` from the pipeline's own config (per request)."""
         return make_scheduler(name, self.base_scheduler_config)
 
-    def common(self, body: GenerateRequest) -> dict[str, Any]:
+    def common(self, body: GenerateBody) -> dict[str, Any]:
         """Steps, guidance and scheduler with the model's defaults filled in."""
         try:
             scheduler = scheduler_name(body.scheduler or self.defaults["scheduler"])
@@ -109,7 +85,7 @@ class Generator(ABC):
         }
 
     @abstractmethod
-    def resolve(self, body: GenerateRequest) -> dict[str, Any]:
+    def resolve(self, body: GenerateBody) -> dict[str, Any]:
         """Validated generation parameters for a request; a bad one is a 422 naming the bound."""
 
     @abstractmethod
@@ -146,7 +122,7 @@ class DigitsGenerator(Generator):
         """Per-request scheduler with the pixel-space overrides (see PIXEL_SPACE_OVERRIDES)."""
         return make_scheduler(name, self.base_scheduler_config, pixel_space=True)
 
-    def resolve(self, body: GenerateRequest) -> dict[str, Any]:
+    def resolve(self, body: GenerateBody) -> dict[str, Any]:
         if (body.prompt is None) == (body.class_label is None):
             raise InvalidParameterError(
                 f"send exactly one of 'class' (0..9) or 'prompt' ({ACCEPTED})"
@@ -176,7 +152,7 @@ class DigitsGenerator(Generator):
             "height": side,
         }
 
-    def _side(self, body: GenerateRequest) -> int:
+    def _side(self, body: GenerateBody) -> int:
         width, height = (
             body.width or body.height or self.size,
             body.height or body.width or self.size,

@@ -1,4 +1,4 @@
-"""GenerateRequest / GenerateResponse and the bounds every request is checked against."""
+"""GenerateBody / GenerateResponse and the bounds every request is checked against."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ MAX_SEED = 2**32 - 1
 MAX_PROMPT_CHARS = 1000
 
 
-class GenerateRequest(RequestBody):
+class GenerateBody(RequestBody):
     """One generation: a prompt (or a class for the digit model) and sampling parameters."""
 
     model_config = ConfigDict(populate_by_name=True)

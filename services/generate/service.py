@@ -1,83 +1,83 @@
-"""GenerateService: diffusion image generation (the digit model or a Stable Diffusion pipeline).
+"""The generate service: diffusion image generation (the digit model or a Stable Diffusion
+pipeline, from the registry or from a local GENERATE_PIPELINE_DIR).
 
-One generation runs at a time per process (`predict` holds a lock; the runtime's queue is
-bounded), cost limits are checked in `preprocess` before a request queues, and the request
-timeout is enforced between denoising steps as well as in the queue.
+One generation runs at a time per process (the `generate` pool has one worker and a short
+queue), cost limits are checked in preprocess before a request queues, and the request timeout
+is enforced between denoising steps as well as in the queue. With `stream` the steps arrive as
+server-sent events.
 """
 
 from __future__ import annotations
 
 import base64
 import secrets
-import threading
 import time
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from models.diffusion_bundle import onnx_unet_fn
 from services.generate.encode import encode_image, preview_png
 from services.generate.pipelines import (
     DigitsGenerator,
     Generator,
     Job,
+    StepHook,
     load_generator,
     scheduler_catalogue,
 )
-from services.generate.routes import GenerateCall, router
 from services.generate.safety import (
     NoSafetyChecker,
     PipelineSafetyChecker,
     SafetyChecker,
     withhold,
 )
-from services.generate.schemas import DEFAULT_STEPS, MAX_GUIDANCE, MAX_IMAGES, MAX_STEPS
+from services.generate.schemas import (
+    DEFAULT_STEPS,
+    MAX_GUIDANCE,
+    MAX_IMAGES,
+    MAX_STEPS,
+    GenerateBody,
+    GenerateResponse,
+)
 from shared.bundle import Bundle
-from shared.service import ModelService
+from shared.service import Call, Endpoint, Lane, ModelService, ModelSpec, Pool, Service
 from shared.settings import ServingSettings
-from training.models.diffusion_bundle import onnx_unet_fn
 
 
-class GenerateSettings(BaseSettings):
-    """The generate service's own knobs (environment variables, prefix GENERATE_)."""
+class GenerateSettings(ServingSettings):
+    """The generate service's settings: its own knobs and defaults sized for diffusion."""
 
-    model_config = SettingsConfigDict(env_prefix="GENERATE_", case_sensitive=False, extra="ignore")
-
-    pipeline_dir: Path | None = Field(
+    generate_pipeline_dir: Path | None = Field(
         None, description="Serve this local diffusers pipeline directory instead of MODEL_URI."
     )
-    max_pixels: int = Field(
+    generate_max_pixels: int = Field(
         512 * 512, ge=64, description="Largest width x height of one generated image."
+    )
+    # one generation at a time, a short queue, and a timeout sized for diffusion on a CPU
+    max_queue: int = Field(4, ge=1, le=100_000, description="Generations that may wait.")
+    request_timeout_s: float = Field(
+        120.0, gt=0, le=3600, description="Deadline of a request, checked between steps too."
     )
 
 
-class GenerateService(ModelService[GenerateCall, Job, dict[str, Any], dict[str, Any]]):
-    """Prompt or class → images, one generation at a time."""
+class GenerateModel(ModelService):
+    """Prompt or class → images."""
 
-    name = "generate"
-    router = router
-    # one generation at a time, a short queue, and a timeout sized for diffusion on a CPU
-    settings_defaults: ClassVar[dict[str, Any]] = {
-        "max_batch_size": 1,
-        "max_queue": 4,
-        "request_timeout_s": 120.0,
-    }
-
-    def load(self, bundle: Bundle, variant: str, settings: ServingSettings) -> None:
+    def load(self, bundle: Bundle, variant: str, settings: GenerateSettings) -> None:
         import torch
 
         torch.set_num_threads(settings.intra_op_threads())
         self.bundle = bundle
         self.timeout_s = settings.request_timeout_s
         self.generator: Generator = load_generator(
-            bundle.path, bundle.manifest, GenerateSettings().max_pixels
+            bundle.path, bundle.manifest, settings.generate_max_pixels
         )
         if variant == "onnx" and isinstance(self.generator, DigitsGenerator):
             path = bundle.variant_file("onnx")
             self.generator.unet_fn = onnx_unet_fn(path, settings.intra_op_threads())
         self.safety = self.make_safety_checker(self.generator)
-        self._lock = threading.Lock()
 
     def make_safety_checker(self, generator: Generator) -> SafetyChecker:
         """The hook: the pipeline's own checker when it has one; override to plug in another."""
@@ -98,7 +98,7 @@ class GenerateService(ModelService[GenerateCall, Job, dict[str, Any], dict[str, 
             "metrics": self.bundle.manifest.get("metrics", {}),
         }
 
-    def catalogue(self) -> dict[str, Any]:
+    def catalogue(self, _: None, call: Call) -> dict[str, Any]:
         """GET /v1/generate/schedulers: choices, defaults and bounds for this model."""
         return {
             "schedulers": scheduler_catalogue(isinstance(self.generator, DigitsGenerator)),
@@ -115,68 +115,90 @@ class GenerateService(ModelService[GenerateCall, Job, dict[str, Any], dict[str, 
             **self.generator.describe(),
         }
 
-    def preprocess(self, request: GenerateCall) -> Job:
+    def check(self, body: GenerateBody) -> Job:
         """Every bound is checked here, before the request queues (a 422 names the bound)."""
-        params = self.generator.resolve(request.body)
-        base = request.body.seed if request.body.seed is not None else secrets.randbelow(2**31)
+        params = self.generator.resolve(body)
+        base = body.seed if body.seed is not None else secrets.randbelow(2**31)
         params["seed"] = base
-        return Job(
-            params=params,
-            seeds=[base + i for i in range(params["num_images"])],
-            model=request.model,
-            deadline=time.monotonic() + self.timeout_s,
-            timeout_s=self.timeout_s,
-            progress=request.progress,
-            cancelled=request.cancelled,
-            preview_every=request.body.preview_every,
-        )
+        seeds = [base + i for i in range(params["num_images"])]
+        return Job(params=params, seeds=seeds, preview_every=body.preview_every)
 
-    def predict(self, items: list[Job]) -> list[dict[str, Any]]:
-        """Generations one after another, whatever the batch size."""
-        return [self._generate(job) for job in items]
+    def queued(self, job: Job) -> dict[str, Any]:
+        """The stream's first event: the parameters the generation will use."""
+        return {"params": job.params}
 
-    def _generate(self, job: Job) -> dict[str, Any]:
-        with self._lock:
-            started = time.monotonic()
-            images, pipeline_flags = self.generator.run(job, self._hook(job))
-            generated = time.monotonic()
-            flags = self.safety.check(images, job.params, pipeline_flags)
-            images = withhold(images, flags)
-            encoded = [
-                encode_image(image, job.params, job.model, seed, job.params["format"])
-                for image, seed in zip(images, job.seeds, strict=True)
-            ]
+    def generate(self, job: Job, call: Call) -> dict[str, Any]:
+        """One generation (the pool runs one at a time): images, safety, timings."""
+        started = time.monotonic()
+        images, pipeline_flags = self.generator.run(job, self._hook(job, call))
+        generated = time.monotonic()
+        flags = self.safety.check(images, job.params, pipeline_flags)
+        images = withhold(images, flags)
+        encoded = [
+            encode_image(image, job.params, call.model, seed, job.params["format"])
+            for image, seed in zip(images, job.seeds, strict=True)
+        ]
+        timing = {
+            "queue": (started - (call.deadline - call.timeout_s)) * 1000,
+            "generate": (generated - started) * 1000,
+            "encode": (time.monotonic() - generated) * 1000,
+            "total": call.elapsed_ms(),
+        }
         return {
             "params": job.params,
             "images": [
-                {"image": data, "seed": seed, "flagged": flag}
+                {"image": base64.b64encode(data).decode(), "seed": seed, "flagged": flag}
                 for data, seed, flag in zip(encoded, job.seeds, flags, strict=True)
             ],
             "safety": {"checker": self.safety.name, "ran": self.safety.name is not None},
-            "timing_ms": {
-                "queue": (started - job.created) * 1000,
-                "generate": (generated - started) * 1000,
-                "encode": (time.monotonic() - generated) * 1000,
-            },
+            "timing_ms": {k: round(v, 2) for k, v in timing.items()},
         }
 
-    def _hook(self, job: Job) -> Any:
+    def _hook(self, job: Job, call: Call) -> StepHook:
         every = job.preview_every
 
         def hook(step: int, steps: int, preview: Any) -> None:
-            job.check(step, steps)
-            if job.progress is None:
+            where = f" at step {step} of {steps}; ask for fewer steps, images or pixels"
+            call.check(where)
+            if not call.streaming:
                 return
             event: dict[str, Any] = {"step": step, "steps": steps}
             if preview is not None and every and (step % every == 0 or step == steps):
                 event["preview"] = base64.b64encode(preview_png(preview())).decode()
-            job.progress(event)
+            call.emit("progress", event)
 
         return hook
 
-    def postprocess(self, output: dict[str, Any], request: GenerateCall) -> dict[str, Any]:
-        images = [
-            {**image, "image": base64.b64encode(image["image"]).decode()}
-            for image in output["images"]
-        ]
-        return {**output, "images": images}
+
+class GenerateService(Service):
+    """POST /v1/generate (JSON or SSE) and GET /v1/generate/schedulers."""
+
+    name = "generate"
+    settings_class = GenerateSettings
+    models = (
+        ModelSpec("generate", GenerateModel, "generate", local_setting="generate_pipeline_dir"),
+    )
+    pools = (Pool("generate", workers=1, queue="max_queue"), Pool("catalogue", workers=1))
+    endpoints = (
+        Endpoint(
+            "/v1/generate",
+            Lane.STREAMING,
+            "Generate images from a prompt (or a class); JSON, or server-sent events with stream.",
+            body=GenerateBody,
+            preprocess=GenerateModel.check,
+            call=GenerateModel.generate,
+            first_event=GenerateModel.queued,
+            pool="generate",
+            response=GenerateResponse,
+            errors=(401, 413, 415, 422, 503, 504),
+        ),
+        Endpoint(
+            "/v1/generate/schedulers",
+            Lane.DIRECT,
+            "Schedulers, defaults and bounds a generate request may use with this model.",
+            method="GET",
+            call=GenerateModel.catalogue,
+            pool="catalogue",
+            errors=(401, 503),
+        ),
+    )

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from models.diffusion import DEFAULT_SCHEDULER, to_uint8
 from services.generate.pipelines import Generator, Job, StepHook, generators
-from services.generate.schemas import GenerateRequest
+from services.generate.schemas import GenerateBody
 from shared.errors import BundleError, InvalidParameterError
-from training.models.diffusion import DEFAULT_SCHEDULER, to_uint8
 
 
 class StableDiffusionGenerator(Generator):
@@ -26,7 +25,7 @@ class StableDiffusionGenerator(Generator):
         self.max_pixels = max_pixels
         self.native = int(pipeline.unet.config.sample_size) * int(pipeline.vae_scale_factor)
 
-    def resolve(self, body: GenerateRequest) -> dict[str, Any]:
+    def resolve(self, body: GenerateBody) -> dict[str, Any]:
         if body.class_label is not None:
             raise InvalidParameterError("this is a text-to-image model: send 'prompt', not 'class'")
         if not body.prompt or not body.prompt.strip():
@@ -79,14 +78,9 @@ class StableDiffusionGenerator(Generator):
         side = 8 * int(self.pipeline.vae_scale_factor)
         job = Job(
             params={
-                **self.resolve(
-                    GenerateRequest(prompt="smoke test", width=side, height=side, steps=1)
-                ),
+                **self.resolve(GenerateBody(prompt="smoke test", width=side, height=side, steps=1)),
             },
             seeds=[0],
-            model={},
-            deadline=time.monotonic() + 600,
-            timeout_s=600,
         )
         images, _ = self.run(job, lambda step, steps, preview: None)
         if images[0].shape[:2] != (side, side):

@@ -1,5 +1,6 @@
 """python -m services.similarity --host 127.0.0.1 --port 8002"""
 
+from services.catalog import entry
 from shared.serve import limit_math_threads
 
 limit_math_threads()
@@ -8,4 +9,4 @@ from services.similarity.service import SimilarityFactory  # noqa: E402
 from shared.serve import run  # noqa: E402
 
 if __name__ == "__main__":
-    raise SystemExit(run(SimilarityFactory(), default_port=8002))
+    raise SystemExit(run(SimilarityFactory(), default_port=entry("similarity").port))

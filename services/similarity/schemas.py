@@ -1,8 +1,6 @@
-"""Request and response bodies of the similarity routes, and the requests the service sees."""
+"""Request and response bodies of the similarity routes."""
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 from pydantic import BaseModel, Field, model_validator
 
@@ -54,35 +52,6 @@ class GalleryAddBody(RequestBody):
         if any(not t or len(t) > _LABEL_CHARS for t in texts):
             raise ValueError(f"labels and ids must be 1 to {_LABEL_CHARS} characters")
         return self
-
-
-# ---- what preprocess / postprocess see: decoded bytes, one kind per route -----------------
-
-
-@dataclass(frozen=True)
-class EmbedRequest:
-    images: list[bytes]
-
-
-@dataclass(frozen=True)
-class CompareRequest:
-    images: list[bytes]  # exactly two: a, b
-
-
-@dataclass(frozen=True)
-class SearchRequest:
-    images: list[bytes]  # exactly one
-    k: int
-
-
-@dataclass(frozen=True)
-class GalleryAddRequest:
-    images: list[bytes]
-    labels: list[str]
-    ids: list[str] | None
-
-
-SimilarityRequest = EmbedRequest | CompareRequest | SearchRequest | GalleryAddRequest
 
 
 # ---- responses -------------------------------------------------------------------------------

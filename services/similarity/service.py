@@ -1,9 +1,9 @@
-"""SimilarityService: embed, compare and search digit images with an ONNX Siamese encoder.
+"""The similarity service: embed, compare and search digit images with an ONNX Siamese encoder.
 
 Every route turns its images into one batch item (a stack of 1, 2 or up to 64 images), so
 embed, compare, search and gallery additions share the dynamic batcher; `predict` concatenates
 the stacks, runs the encoder once and splits the rows back. The graph outputs unit vectors, so
-cosine similarity is a dot product. Gallery search and additions run in `postprocess`, on the
+cosine similarity is a dot product. Gallery search and additions run in postprocess, on the
 event loop, one at a time: the FAISS index needs no lock.
 """
 
@@ -14,31 +14,30 @@ from typing import Any
 import numpy as np
 
 from services.similarity.gallery import Gallery, GalleryEmptyError, GalleryStore
-from services.similarity.routes import router
 from services.similarity.schemas import (
-    CompareRequest,
-    EmbedRequest,
-    GalleryAddRequest,
-    SearchRequest,
-    SimilarityRequest,
+    CompareBody,
+    CompareResponse,
+    EmbedBody,
+    EmbedResponse,
+    GalleryAddBody,
+    GalleryAddResponse,
+    GalleryInfo,
+    SearchBody,
+    SearchResponse,
 )
 from shared.bundle import Bundle, TensorSpec
 from shared.errors import BundleError
-from shared.media import ImageSpec, decode_image, image_to_array
+from shared.media import ImageSpec, decode_base64, decode_image, image_to_array
 from shared.onnx import OnnxModel
-from shared.service import ModelService
+from shared.service import Call, Endpoint, Lane, ModelService, ModelSpec, Pool, Service
 from shared.settings import ServingSettings
 
 
-class SimilarityService(ModelService[SimilarityRequest, np.ndarray, np.ndarray, dict[str, Any]]):
+class SimilarityModel(ModelService):
     """Images → unit embeddings; pairs → cosine + same/different; queries → gallery matches."""
 
-    name = "similarity"
-    router = router
-    supports_tensors = True
-
-    def __init__(self, store: GalleryStore | None = None) -> None:
-        self.store = store or GalleryStore()
+    def __init__(self, store: GalleryStore) -> None:
+        self.store = store
 
     def load(self, bundle: Bundle, variant: str, settings: ServingSettings) -> None:
         if bundle.task != "similarity":
@@ -56,34 +55,45 @@ class SimilarityService(ModelService[SimilarityRequest, np.ndarray, np.ndarray, 
     def warmup(self) -> None:
         self.model.smoke_test(self.bundle, self.variant)
 
+    def gallery_facts(self) -> dict[str, Any]:
+        return {
+            "size": self.gallery.size,
+            "base_size": self.gallery.base_size,
+            "added": self.gallery.added,
+            "index": self.gallery.kind,
+            "dimension": self.gallery.dimension,
+        }
+
     def describe(self) -> dict[str, Any]:
         return {
             "task": "similarity",
             "threshold": self.threshold,
             "embedding_dim": self.gallery.dimension,
-            "gallery": {
-                "size": self.gallery.size,
-                "base_size": self.gallery.base_size,
-                "added": self.gallery.added,
-                "index": self.gallery.kind,
-                "dimension": self.gallery.dimension,
-            },
+            "gallery": self.gallery_facts(),
             "inputs": [spec.to_dict() for spec in self.model.inputs],
             "outputs": [spec.to_dict() for spec in self.model.outputs],
             "preprocessing": self.bundle.preprocessing,
             "variants": sorted(self.bundle.variants),
         }
 
-    def preprocess(self, request: SimilarityRequest) -> np.ndarray:
-        """Decode every image of the request into one (n, C, H, W) stack."""
-        if isinstance(request, SearchRequest) and self.gallery.size == 0:
+    # ---- preprocess: base64 images → one (n, C, H, W) stack per request ------------------
+    def stack(self, encoded: list[str], fields: list[str]) -> list[np.ndarray]:
+        images = [decode_base64(text, field) for text, field in zip(encoded, fields, strict=True)]
+        arrays = [image_to_array(decode_image(b, self.max_pixels), self.spec) for b in images]
+        return [np.stack(arrays)]
+
+    def embed_images(self, body: EmbedBody | GalleryAddBody) -> list[np.ndarray]:
+        return self.stack(body.images, [f"images[{i}]" for i in range(len(body.images))])
+
+    def compare_images(self, body: CompareBody) -> list[np.ndarray]:
+        return self.stack([body.image_a, body.image_b], ["image_a", "image_b"])
+
+    def search_image(self, body: SearchBody) -> list[np.ndarray]:
+        if self.gallery.size == 0:
             raise GalleryEmptyError(
                 "the gallery is empty: add items with POST /v1/similarity/gallery first"
             )
-        arrays = [
-            image_to_array(decode_image(b, self.max_pixels), self.spec) for b in request.images
-        ]
-        return np.stack(arrays)
+        return self.stack([body.image], ["image"])
 
     def predict(self, items: list[np.ndarray]) -> list[np.ndarray]:
         """One encoder run over every item's images; each item gets its own rows back."""
@@ -91,24 +101,31 @@ class SimilarityService(ModelService[SimilarityRequest, np.ndarray, np.ndarray, 
         bounds = np.cumsum([len(item) for item in items])[:-1]
         return np.split(embeddings, bounds)
 
-    def postprocess(self, output: np.ndarray, request: SimilarityRequest) -> dict[str, Any]:
-        if isinstance(request, CompareRequest):
-            a, b = output
-            similarity = float(np.dot(a, b) / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-12))
-            return {
-                "similarity": similarity,
-                "same": similarity >= self.threshold,
-                "threshold": self.threshold,
-            }
-        if isinstance(request, SearchRequest):
-            return {"matches": self.gallery.search(output[0], request.k)}
-        if isinstance(request, GalleryAddRequest):
-            ids = request.ids or self.gallery.new_ids(len(request.images))
-            self.gallery.add(output, ids, request.labels)
-            return {"added": len(ids), "ids": ids, "size": self.gallery.size}
-        assert isinstance(request, EmbedRequest)
-        return {"embeddings": output.tolist()}
+    # ---- postprocess (event loop) ------------------------------------------------------
+    def embeddings(self, outputs: list[np.ndarray], body: EmbedBody) -> dict[str, Any]:
+        return {"embeddings": outputs[0].tolist()}
 
+    def comparison(self, outputs: list[np.ndarray], body: CompareBody) -> dict[str, Any]:
+        a, b = outputs[0]
+        similarity = float(np.dot(a, b) / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-12))
+        return {
+            "similarity": similarity,
+            "same": similarity >= self.threshold,
+            "threshold": self.threshold,
+        }
+
+    def matches(self, outputs: list[np.ndarray], body: SearchBody) -> dict[str, Any]:
+        return {"matches": self.gallery.search(outputs[0][0], body.k)}
+
+    def added(self, outputs: list[np.ndarray], body: GalleryAddBody) -> dict[str, Any]:
+        ids = body.ids or self.gallery.new_ids(len(body.images))
+        self.gallery.add(outputs[0], ids, body.labels)
+        return {"added": len(ids), "ids": ids, "size": self.gallery.size}
+
+    def gallery_info(self, _: None, call: Call) -> dict[str, Any]:
+        return self.gallery_facts()
+
+    # ---- Open Inference Protocol v2 --------------------------------------------------------
     def tensor_specs(self) -> tuple[list[TensorSpec], list[TensorSpec]]:
         return self.model.inputs, self.model.outputs
 
@@ -119,19 +136,71 @@ class SimilarityService(ModelService[SimilarityRequest, np.ndarray, np.ndarray, 
         return {self.model.outputs[0].name: np.concatenate(outputs)}
 
 
-class SimilarityFactory:
-    """Makes a SimilarityService per model load, all sharing one GalleryStore.
+class SimilarityService(Service):
+    """/v1/similarity: embed, compare, search and the gallery, all through one batcher."""
 
-    `create_app` builds a fresh service instance for every load; the shared store is what lets
-    gallery additions outlive a reload of the same embedding model.
-    """
-
-    name = SimilarityService.name
-    router = SimilarityService.router
-    supports_tensors = SimilarityService.supports_tensors
+    name = "similarity"
+    models = (ModelSpec("similarity", SimilarityModel, "similarity", tensor=True),)
+    pools = (Pool("gallery", workers=1),)
+    endpoints = (
+        Endpoint(
+            "/v1/similarity/embed",
+            Lane.BATCHED,
+            "Unit-length embeddings of up to 64 images, in order.",
+            body=EmbedBody,
+            preprocess=SimilarityModel.embed_images,
+            postprocess=SimilarityModel.embeddings,
+            response=EmbedResponse,
+        ),
+        Endpoint(
+            "/v1/similarity/compare",
+            Lane.BATCHED,
+            "Cosine similarity of two images and the same/different decision.",
+            body=CompareBody,
+            preprocess=SimilarityModel.compare_images,
+            postprocess=SimilarityModel.comparison,
+            response=CompareResponse,
+        ),
+        Endpoint(
+            "/v1/similarity/search",
+            Lane.BATCHED,
+            "The k gallery items most similar to an image, best first.",
+            body=SearchBody,
+            preprocess=SimilarityModel.search_image,
+            postprocess=SimilarityModel.matches,
+            response=SearchResponse,
+            more_errors={409: "The gallery is empty"},
+        ),
+        Endpoint(
+            "/v1/similarity/gallery",
+            Lane.BATCHED,
+            "Add up to 64 labelled images to the in-memory gallery.",
+            description=(
+                "Additions live in memory. They survive a model reload only when the new bundle "
+                "has the same embedding model (source version, variant and base gallery); "
+                "otherwise they are dropped, because vectors from another encoder are not "
+                "comparable."
+            ),
+            body=GalleryAddBody,
+            preprocess=SimilarityModel.embed_images,
+            postprocess=SimilarityModel.added,
+            response=GalleryAddResponse,
+            more_errors={409: "An id is already in the gallery"},
+        ),
+        Endpoint(
+            "/v1/similarity/gallery",
+            Lane.DIRECT,
+            "Gallery size (bundle items + API additions) and index kind.",
+            method="GET",
+            call=SimilarityModel.gallery_info,
+            pool="gallery",
+            response=GalleryInfo,
+            errors=(401, 503),
+        ),
+    )
 
     def __init__(self) -> None:
-        self.store = GalleryStore()
+        self.store = GalleryStore()  # additions outlive a reload of the same embedding model
 
-    def __call__(self) -> SimilarityService:
-        return SimilarityService(self.store)
+    def make_model(self, spec: ModelSpec) -> ModelService:
+        return SimilarityModel(self.store)

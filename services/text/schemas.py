@@ -19,7 +19,7 @@ def _example(**example: object) -> ConfigDict:
     return ConfigDict(json_schema_extra={"examples": [example]})
 
 
-class ClassifyRequest(RequestBody):
+class TextClassifyBody(RequestBody):
     """Texts to label; each is checked (non-empty, valid Unicode, within the limits)."""
 
     model_config = _example(texts=["Dobrý den, jak se máte?", "Guten Morgen!"], top_k=3)
@@ -39,12 +39,12 @@ class TextLabel(BaseModel):
     top_k: list[LabelScore]
 
 
-class ClassifyResponse(BaseModel):
+class TextClassifyResponse(BaseModel):
     results: list[TextLabel]
     model: ModelRef
 
 
-class GenerateRequest(RequestBody):
+class GenerateBody(RequestBody):
     """A source text and how to decode it; sampling knobs only matter with strategy=sample."""
 
     model_config = _example(
@@ -76,7 +76,7 @@ class GenerateResponse(BaseModel):
     model: ModelRef
 
 
-class AttentionRequest(RequestBody):
+class AttentionBody(RequestBody):
     """Which self-attention map of the classifier's encoder to draw for `text`."""
 
     model_config = _example(text="Bonjour tout le monde", layer=-1, head=1)

@@ -347,6 +347,6 @@ def test_a_services_own_defaults_apply_below_explicit_settings(
     monkeypatch.setenv("MAX_QUEUE", "99")
     app = create_app(ExplainService, ServingSettings(request_timeout_s=5), load=False)
     settings = app.state.settings
-    assert settings.max_batch_size == 1 and settings.max_image_pixels == 1024 * 1024
+    assert settings.max_image_pixels == 1024 * 1024  # the service's own default
     assert settings.max_queue == 99 and settings.request_timeout_s == 5  # env, then constructor
     assert app.state.runtime.uri == "models:/classify@production"

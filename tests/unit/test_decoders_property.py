@@ -20,14 +20,14 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from PIL import Image
 
-from services.classify.schemas import ClassifyJSONRequest
+from services.classify.schemas import ClassifyBody
 from services.similarity.schemas import GalleryAddBody
-from services.text.service import check_text
+from services.text.tokens import check_text
 from shared.bundle import TensorSpec
-from shared.errors import ServingError
+from shared.errors import InvalidInputError, ServingError
 from shared.media import decode_base64, decode_image
-from shared.protocol_v2 import DATATYPES, ProtocolError, _parse_inputs, _split_body
 from shared.requests import RequestBody, parse_json
+from shared.v2codec import DATATYPES, parse_inputs, split_body
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 JSON = st.recursive(
@@ -113,8 +113,8 @@ SPECS = [TensorSpec("input", "float32", [-1, 3])]
 
 
 def parse(body: bytes, header_length: str | None = None) -> dict[str, np.ndarray]:
-    header, binary = _split_body(body, header_length)
-    return _parse_inputs(header, binary, SPECS)
+    header, binary = split_body(body, header_length)
+    return parse_inputs(header, binary, SPECS)
 
 
 @FUZZ
@@ -123,7 +123,7 @@ def test_any_json_header_parses_or_is_a_protocol_400(value: Any) -> None:
     body = json.dumps({"inputs": [value]} if not isinstance(value, dict) else value).encode()
     try:
         arrays = parse(body)
-    except ProtocolError as exc:
+    except InvalidInputError as exc:
         assert exc.status == 400
     else:  # accepted: exactly what the spec asks for
         assert arrays["input"].dtype == np.float32 and arrays["input"].shape[1:] == (3,)
@@ -141,7 +141,7 @@ def test_any_input_object_parses_or_is_a_protocol_400(
     raw = {"name": "input", "datatype": datatype, "shape": shape, "data": data}
     try:
         parse(json.dumps({"inputs": [raw]}).encode())
-    except ProtocolError as exc:
+    except InvalidInputError as exc:
         assert exc.status == 400
 
 
@@ -153,7 +153,7 @@ def test_any_binary_tail_parses_or_is_a_protocol_400(tail: bytes, rows: int, siz
     header = json.dumps({"inputs": [raw]}).encode()
     try:
         arrays = parse(header + tail, str(len(header)))
-    except ProtocolError as exc:
+    except InvalidInputError as exc:
         assert exc.status == 400
     else:
         assert np.all(np.isfinite(arrays["input"]))  # NaN bits are refused too
@@ -187,7 +187,7 @@ def test_any_text_is_checked_or_is_a_400(text: str) -> None:
 
 
 @FUZZ
-@given(JSON | st.text(max_size=16), st.sampled_from([ClassifyJSONRequest, GalleryAddBody]))
+@given(JSON | st.text(max_size=16), st.sampled_from([ClassifyBody, GalleryAddBody]))
 def test_any_json_body_validates_or_is_a_422(value: Any, model: type[RequestBody]) -> None:
     raw = value if isinstance(value, str) else json.dumps(value)
     body = refusal(lambda: parse_json(raw, model), 422)

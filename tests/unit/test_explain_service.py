@@ -14,7 +14,7 @@ import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from services.explain.schemas import METHODS
+from models.methods import METHODS
 from services.explain.service import ExplainService
 from shared.app import create_app
 from shared.bundle import read_manifest, write_manifest

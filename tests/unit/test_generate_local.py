@@ -11,7 +11,8 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from services.generate.local import create_local_app
+from services.generate.service import GenerateService, GenerateSettings
+from shared.app import create_app
 from shared.settings import ServingSettings
 from tests.tinydiffusion import tiny_stable_diffusion
 from tests.unit.conftest import DEAD_REGISTRY, wait_ready
@@ -28,10 +29,12 @@ def client(sd_dir: Path, tmp_path: Path) -> Iterator[TestClient]:
         mlflow_tracking_uri=DEAD_REGISTRY,
         model_cache_dir=tmp_path / "unused-cache",
         onnx_intra_op_threads=1,
-        max_batch_size=1,
         log_json=False,
     )
-    with TestClient(create_local_app(settings, sd_dir)) as test_client:
+    local = GenerateSettings(
+        **settings.model_dump(exclude_unset=True), generate_pipeline_dir=sd_dir
+    )
+    with TestClient(create_app(GenerateService, local)) as test_client:
         wait_ready(test_client, timeout_s=60)
         yield test_client
 

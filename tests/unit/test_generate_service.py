@@ -15,10 +15,11 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from services.generate.pipelines import Generator
+from services.generate.pipelines import Generator, Job
 from services.generate.safety import SafetyChecker
-from services.generate.service import GenerateService
+from services.generate.service import GenerateModel, GenerateService
 from shared.app import create_app
+from shared.service import Call, ModelSpec
 from shared.settings import ServingSettings
 from tests.procs import poll_until
 from tests.tinydiffusion import seed_cache
@@ -186,16 +187,19 @@ def test_stream_sends_progress_events_then_the_images(client: TestClient) -> Non
     assert result["images"] == plain["images"]  # the same generation either way
 
 
-class GatedService(GenerateService):
-    """predict waits for the test to open the gate: deterministic 'a generation is running'."""
+class GatedModel(GenerateModel):
+    """A generation waits for the test to open the gate: deterministic 'one is running'."""
 
-    entered = threading.Event()
-    gate = threading.Event()
-
-    def predict(self, items: list[Any]) -> list[dict[str, Any]]:
+    def generate(self, job: Job, call: Call) -> dict[str, Any]:
         GatedService.entered.set()
         GatedService.gate.wait(30)
-        return super().predict(items)
+        return super().generate(job, call)
+
+
+class GatedService(GenerateService):
+    models = (ModelSpec("generate", GatedModel, "generate"),)
+    entered = threading.Event()
+    gate = threading.Event()
 
 
 def queue_depth(client: TestClient) -> float:
@@ -247,9 +251,13 @@ class FlagAll:
         return [True] * len(images)
 
 
-class CheckedService(GenerateService):
+class CheckedModel(GenerateModel):
     def make_safety_checker(self, generator: Generator) -> SafetyChecker:
         return FlagAll()
+
+
+class CheckedService(GenerateService):
+    models = (ModelSpec("generate", CheckedModel, "generate"),)
 
 
 def test_a_plugged_in_safety_checker_runs_and_withholds_images(generate_cache: Path) -> None:

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from services.similarity.schemas import GalleryAddRequest, SearchRequest
-from services.similarity.service import SimilarityFactory
+from services.similarity.schemas import GalleryAddBody, SearchBody
+from services.similarity.service import SimilarityService
 from shared.bundle import open_bundle
 from shared.media import encode_png, gray_to_image
 from tests.tinysimilarity import (
@@ -177,24 +177,24 @@ def test_additions_survive_a_reload_only_with_the_same_embedding_model(tmp_path:
     first_dir = seed_cache(tmp_path / "a")
     same_dir = seed_cache(tmp_path / "b")  # identical content: a reload of the same model
     other_dir = seed_cache(tmp_path / "c", source_version="2", seed=1)
-    factory = SimilarityFactory()
-    digit = load_splits()["test"].images[9]
-    png = encode_png(gray_to_image(digit))
+    service = SimilarityService()  # one per app: every model load shares its gallery store
+    png = base64.b64encode(encode_png(gray_to_image(load_splits()["test"].images[9]))).decode()
+    spec = service.spec()
 
-    first = factory()
+    first = service.make_model(spec)
     first.load(open_bundle(first_dir), "fp32", settings)
-    add = GalleryAddRequest([png], ["9"], ["kept"])
-    first.postprocess(first.predict([first.preprocess(add)])[0], add)
+    add = GalleryAddBody(images=[png], labels=["9"], ids=["kept"])
+    first.added(first.predict(first.embed_images(add)), add)
     assert first.describe()["gallery"]["added"] == 1
 
-    reloaded = factory()
+    reloaded = service.make_model(spec)
     reloaded.load(open_bundle(same_dir), "fp32", settings)
     assert reloaded.describe()["gallery"]["added"] == 1
-    query = SearchRequest([png], 1)
-    found = reloaded.postprocess(reloaded.predict([reloaded.preprocess(query)])[0], query)
+    query = SearchBody(image=png, k=1)
+    found = reloaded.matches(reloaded.predict(reloaded.search_image(query)), query)
     assert found["matches"][0]["id"] == "kept"
 
-    swapped = factory()
+    swapped = service.make_model(spec)
     swapped.load(open_bundle(other_dir), "fp32", settings)
     assert (swapped.describe()["gallery"]["added"], swapped.describe()["gallery"]["size"]) == (
         0,

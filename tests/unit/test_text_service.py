@@ -7,11 +7,12 @@ import pytest
 import torch
 from PIL import Image
 
-from services.text.routes import _surrogates
-from services.text.service import check_text
+from models.attention_map import attention_png
+from models.decoding import filter_logits
+from services.text.tokens import check_text
 from shared.errors import InvalidInputError
-from training.models.decoding import filter_logits
-from training.text_eval import attention_png, generation_scores, rouge_l
+from shared.requests import lone_surrogate_path
+from training.text_eval import generation_scores, rouge_l
 
 
 @pytest.mark.parametrize(
@@ -28,8 +29,8 @@ def test_check_text_accepts_any_valid_unicode() -> None:
 
 
 def test_surrogates_are_found_anywhere_in_the_body() -> None:
-    assert _surrogates({"texts": ["ok", "bad\udc00"]}, "body") == "body.texts[1]"
-    assert _surrogates({"texts": ["ok"], "top_k": 3}, "body") is None
+    assert lone_surrogate_path({"texts": ["ok", "bad\udc00"]}, "body") == "body.texts[1]"
+    assert lone_surrogate_path({"texts": ["ok"], "top_k": 3}, "body") is None
 
 
 def test_rouge_l_is_the_lcs_f1_of_words() -> None:

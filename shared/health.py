@@ -1,0 +1,95 @@
+"""/livez, /readyz, /metrics and GET /v1/model: what a probe, Prometheus or a person asks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from shared.errors import ModelNotReadyError
+from shared.requests import error_responses
+from shared.runtime import ModelRuntime
+from shared.settings import available_cores
+
+
+def add_health(app: FastAPI, runtime: ModelRuntime, protected: list[Any]) -> None:
+    """The probes (no token), /metrics (unless on its own port) and GET /v1/model."""
+
+    @app.get("/livez", tags=["health"], summary="The process is alive (never checks the model).")
+    async def livez() -> dict[str, str]:
+        return {"status": "alive"}
+
+    @app.get(
+        "/readyz",
+        tags=["health"],
+        summary="200 once every model is loaded, verified and warm.",
+        responses=error_responses(503),
+    )
+    async def readyz() -> dict[str, Any]:
+        if not runtime.ready:
+            reason = runtime.not_ready_reason()
+            raise ModelNotReadyError(reason if runtime.draining else f"not ready: {reason}")
+        models = {slot.spec.key: slot.current.info() for slot in runtime.served_slots()}
+        return {"status": "ready", "model": runtime.require().info(), "models": models}
+
+    if runtime.settings.metrics_port is None:
+
+        @app.get(
+            "/metrics",
+            tags=["health"],
+            summary="Prometheus metrics.",
+            response_class=Response,
+            responses={200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {}}}},
+        )
+        async def prometheus_metrics() -> Response:
+            return Response(
+                generate_latest(runtime.metrics.registry), media_type=CONTENT_TYPE_LATEST
+            )
+
+    @app.get(
+        "/v1/model",
+        tags=["model"],
+        summary="The models being served and their input specs.",
+        responses=error_responses(401, 503),
+        dependencies=protected,
+    )
+    async def model_info() -> JSONResponse:
+        return JSONResponse(describe(runtime))
+
+
+def describe(runtime: ModelRuntime) -> dict[str, Any]:
+    """GET /v1/model: the primary model's details at the top, every model under `models`."""
+    primary = runtime.require()
+    settings = runtime.settings
+    models = {
+        slot.spec.key: {**slot.current.details(), **slot.current.model.describe()}
+        for slot in runtime.served_slots()
+    }
+    return {
+        **primary.details(),
+        "batching": {
+            "max_batch_size": runtime.batch_config.max_batch_size,
+            "max_delay_ms": runtime.batch_config.max_delay_ms,
+            "max_queue": runtime.batch_config.max_queue,
+        },
+        "limits": {
+            "max_in_flight": settings.max_in_flight,
+            "rate_limit_rps": settings.rate_limit_rps,
+            "max_body_bytes": settings.max_body_bytes,
+            "request_timeout_s": settings.request_timeout_s,
+        },
+        "threads": {
+            "cores": available_cores(),
+            "onnx_intra_op": settings.intra_op_threads(),
+            "inference_workers": settings.inference_workers,
+            "preprocess_workers": runtime.preprocess_workers,
+        },
+        "pools": {
+            name: {"workers": pool.workers, "queue": pool.queue}
+            for name, pool in runtime.pools.items()
+        },
+        **primary.model.describe(),
+        "models": models,
+    }

@@ -1,0 +1,68 @@
+"""A declared model's slot: where it loads from and the version being served."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from shared.batching import Batcher
+from shared.service import ModelService, ModelSpec
+from shared.settings import ServingSettings
+from shared.sources import LocalSource, ModelSource, RegistrySource
+
+
+@dataclass
+class LoadedModel:
+    """A loaded model instance, where it came from, and its batcher."""
+
+    model: ModelService
+    key: str
+    name: str
+    version: str
+    variant: str
+    run_id: str | None
+    uri: str
+    from_cache_only: bool
+    load_seconds: float
+    batcher: Batcher
+
+    def info(self) -> dict[str, str]:
+        return {"name": self.name, "version": self.version, "variant": self.variant}
+
+    def details(self) -> dict[str, Any]:
+        """What GET /v1/model says of this model."""
+        return {
+            **self.info(),
+            "uri": self.uri,
+            "source_run": self.run_id,
+            "from_cache_only": self.from_cache_only,
+            "load_seconds": round(self.load_seconds, 3),
+        }
+
+
+class ModelSlot:
+    """One declared model: its source and the version being served (None until loaded)."""
+
+    def __init__(self, spec: ModelSpec, source: ModelSource | None, variant: str) -> None:
+        self.spec = spec
+        self.source = source  # None: turned off by its settings (an optional model)
+        self.variant = variant
+        self.current: LoadedModel | None = None
+        self.last_error: str | None = "the model is loading"
+
+    @property
+    def enabled(self) -> bool:
+        return self.source is not None
+
+
+def model_source(spec: ModelSpec, settings: ServingSettings, primary: bool) -> ModelSource | None:
+    """The source a declared model loads from, as its settings say (None: turned off)."""
+    if spec.local_setting and (directory := getattr(settings, spec.local_setting)):
+        return LocalSource(Path(directory), f"{spec.registered_model}-local", spec.key)
+    uri = str(getattr(settings, spec.uri_setting) or "")
+    if not uri:
+        if spec.optional and not primary:
+            return None
+        uri = f"models:/{spec.registered_model}@production"
+    return RegistrySource(uri, settings.registry_client(), settings.model_cache_dir)
