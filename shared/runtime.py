@@ -144,10 +144,13 @@ class ModelRuntime:
         if version == LOCAL_VERSION and isinstance(slot.source, LocalSource):
             return LOCAL_VERSION
         if fixed is not None:
-            if slot.variant and slot.variant != fixed:
-                raise ModelNotReadyError(
-                    f"the {slot.spec.key} model serves the {fixed!r} variant only; "
-                    f"{slot.spec.variant_setting.upper()}={slot.variant!r} cannot be served"
+            if slot.variant and slot.variant != fixed:  # a setting shared with other services
+                log.warning(
+                    "the %s model serves the %r variant only; %s=%r is ignored",
+                    slot.spec.key,
+                    fixed,
+                    slot.spec.variant_setting.upper(),
+                    slot.variant,
                 )
             return fixed
         return bundle.variant_name(slot.variant or None)

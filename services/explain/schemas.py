@@ -42,7 +42,7 @@ Target = Annotated[
 ]
 
 
-class ExplainJSONRequest(RequestBody):
+class ExplainBody(RequestBody):
     """POST /v1/explain."""
 
     model_config = _example(
@@ -57,7 +57,7 @@ class ExplainJSONRequest(RequestBody):
     fidelity: bool = Field(False, description="Also score the explanation (see Fidelity).")
 
 
-class CompareJSONRequest(RequestBody):
+class CompareBody(RequestBody):
     """POST /v1/explain/compare."""
 
     model_config = _example(
@@ -76,7 +76,7 @@ class CompareJSONRequest(RequestBody):
     )
 
 
-class ActivationsJSONRequest(RequestBody):
+class ActivationsBody(RequestBody):
     """POST /v1/explain/activations."""
 
     model_config = _example(top_n=4)

@@ -31,11 +31,11 @@ from services.explain import jobs
 from services.explain.jobs import ActivationsJob, ExplainJob, FiltersJob, Job
 from services.explain.schemas import (
     MAX_EVALUATIONS,
-    ActivationsJSONRequest,
+    ActivationsBody,
     ActivationsResponse,
-    CompareJSONRequest,
+    CompareBody,
     CompareResponse,
-    ExplainJSONRequest,
+    ExplainBody,
     ExplainResponse,
     FiltersResponse,
 )
@@ -53,7 +53,7 @@ _CAM_METHODS = ("grad_cam", "guided_grad_cam")
 # A torch bundle's sample outputs come from the fp32 ONNX export; parity there is 1e-4.
 _SMOKE_ATOL = 1e-3
 
-Request = ExplainJSONRequest | CompareJSONRequest | ActivationsJSONRequest
+Request = ExplainBody | CompareBody | ActivationsBody
 
 
 class ExplainSettings(ServingSettings):
@@ -142,10 +142,10 @@ class ExplainModel(ModelService):
         data = decode_base64(request.image)
         image = decode_image(data, self.max_pixels)
         x = image_to_array(image, self.spec)
-        if isinstance(request, ActivationsJSONRequest):
+        if isinstance(request, ActivationsBody):
             layer = self._layer(request.layer, "layer")
             return ActivationsJob(x, layer, min(request.top_n, self.maps[layer][0]))
-        if isinstance(request, ExplainJSONRequest):
+        if isinstance(request, ExplainBody):
             methods = [request.method]
             by_method = {request.method: request.params}
             fidelity = request.fidelity
@@ -168,7 +168,7 @@ class ExplainModel(ModelService):
             target=self._target(request.target),
             return_map=getattr(request, "return_map", False),
             fidelity=fidelity,
-            compare=isinstance(request, CompareJSONRequest),
+            compare=isinstance(request, CompareBody),
         )
 
     def _check_params(self, method: str, params: MethodParams) -> MethodParams:
@@ -267,19 +267,19 @@ class ExplainService(Service):
         _explaining(
             "/v1/explain",
             "Explain one prediction with one attribution method; a heatmap over the input.",
-            ExplainJSONRequest,
+            ExplainBody,
             ExplainResponse,
         ),
         _explaining(
             "/v1/explain/compare",
             "Several methods on one image: a side-by-side panel and each one's fidelity.",
-            CompareJSONRequest,
+            CompareBody,
             CompareResponse,
         ),
         _explaining(
             "/v1/explain/activations",
             "The top-N channels (by mean activation) of a named layer as a PNG grid.",
-            ActivationsJSONRequest,
+            ActivationsBody,
             ActivationsResponse,
         ),
         Endpoint(

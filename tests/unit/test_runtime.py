@@ -244,10 +244,14 @@ def test_a_call_that_waited_past_its_deadline_is_not_run(roots: dict[str, Path])
     assert first == [504]  # it ran past its own deadline between words: stopped, 504
 
 
-def test_a_fixed_variant_model_refuses_another_variant_at_load(roots: dict[str, Path]) -> None:
+def test_a_fixed_variant_model_reports_the_variant_it_serves_whatever_the_setting(
+    roots: dict[str, Path], caplog: pytest.LogCaptureFixture
+) -> None:
     app = create_app(TwoModels(roots), settings(slow_variant="int8"), load=False)
-    with pytest.raises(Exception, match="serves the 'torch' variant only"):
-        app.state.runtime.load_once("slow")
+    with caplog.at_level("WARNING", logger="modelplane.service"):
+        loaded = app.state.runtime.load_once("slow")
+    assert loaded.variant == "torch"
+    assert "SLOW_VARIANT='int8' is ignored" in caplog.text
 
 
 def test_a_declaration_naming_an_undeclared_pool_or_model_fails_at_build() -> None:
