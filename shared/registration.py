@@ -27,8 +27,8 @@ def use_tracking_server(
     os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(max(1, int(timeout_s)))
     os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(max_retries)
     os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] = "1"
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_registry_uri(tracking_uri)
+    mlflow.set_tracking_uri(tracking_uri)  # the registry follows it (no registry URI is set,
+    # so a later MlflowClient(tracking_uri=other) talks to `other`'s registry, not this one)
     return RegistryClient.from_environment(
         tracking_uri, timeout_s=timeout_s, max_retries=max_retries
     )

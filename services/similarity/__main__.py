@@ -5,8 +5,8 @@ from shared.serve import limit_math_threads
 
 limit_math_threads()
 
-from services.similarity.service import SimilarityFactory  # noqa: E402
+from services.similarity.service import SimilarityService  # noqa: E402
 from shared.serve import run  # noqa: E402
 
 if __name__ == "__main__":
-    raise SystemExit(run(SimilarityFactory(), default_port=entry("similarity").port))
+    raise SystemExit(run(SimilarityService, default_port=entry("similarity").port))

@@ -34,11 +34,12 @@ def test_sigterm_lets_the_request_in_flight_finish(tmp_path: Path) -> None:
             )
         )
         slow.start()
-        poll_until(  # the warm-up was batch 1: the second batch is this generation, under way
-            lambda: (
-                'modelplane_batch_size_count{service="generate"} 2.0'
-                in httpx.get(f"{url}/metrics", timeout=5).text
-            ),
+        started = (  # the warm-up left its queue stage first: the second is this generation's
+            'modelplane_stage_duration_seconds_count{route="/v1/generate",service="generate",'
+            'stage="queue"} 2.0'
+        )
+        poll_until(
+            lambda: started in httpx.get(f"{url}/metrics", timeout=5).text,
             30,
             "the generation started",
         )

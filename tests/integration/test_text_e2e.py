@@ -149,7 +149,7 @@ def test_classify_agrees_with_pytorch_in_batches(service: Served) -> None:
 
 def test_greedy_is_deterministic_and_equals_the_pytorch_reference(service: Served) -> None:
     from models.decoding import DecodeOptions, generate, recorded_rules
-    from training.text_data import WORDS_INPUT, code_input
+    from models.text_input import WORDS_INPUT, code_input
 
     model, bundle = reference(service, "text-generate-torch")
     tokenizer = tokenizer_of(bundle)
