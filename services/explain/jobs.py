@@ -43,14 +43,6 @@ class ActivationsJob:
     top_n: int
 
 
-@dataclass(frozen=True)
-class FiltersJob:
-    """The first conv layer's filters (no image)."""
-
-
-Job = ExplainJob | ActivationsJob | FiltersJob
-
-
 def used_params(method: str, params: MethodParams) -> dict[str, Any]:
     """The parameters that apply to `method`, defaults filled in (echoed in the response)."""
     return {k: v for k, v in params.model_dump().items() if k in PARAMS_OF[method]}
@@ -156,11 +148,3 @@ def run_filters(explainer: Explainer) -> dict[str, Any]:
     planes = weights.sum(axis=1)
     grid = render.plane_grid(planes, [str(i) for i in range(len(planes))], tile=32, cols=16)
     return {"layer": name, "shape": list(weights.shape), "grid": render.png_base64(grid)}
-
-
-def run(explainer: Explainer, job: Job, labels: list[str]) -> dict[str, Any]:
-    if isinstance(job, ExplainJob):
-        return run_explain(explainer, job, labels)
-    if isinstance(job, ActivationsJob):
-        return run_activations(explainer, job, labels)
-    return run_filters(explainer)

@@ -1,21 +1,18 @@
-"""ExplainService: Captum attributions, fidelity scores and feature maps of the classify model.
-
-It loads the classify bundle's safetensors weights (autograd needs PyTorch), rebuilds the net
-from the manifest's architecture dict and preprocesses exactly as the classify service does, so
-its prediction is the classify service's. Explanations are expensive: each item of a batch runs
-on its own, on one of `INFERENCE_WORKERS` model replicas, with torch threads set explicitly.
-"""
+"""The explain service: Captum attributions, fidelity scores and feature maps of the classify
+model's torch weights (autograd), preprocessed exactly as classify does, so its prediction is
+classify's. Each explanation runs on one of INFERENCE_WORKERS replicas (the `explain` pool)."""
 
 from __future__ import annotations
 
 import copy
 import logging
 import queue
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
-from pydantic import Field
+from PIL import Image
 
 from models.attribution import (
     Explainer,
@@ -28,7 +25,7 @@ from models.attribution import (
 from models.fidelity import evaluations as fidelity_evaluations
 from models.methods import METHODS, PARAMS_OF, MethodParams
 from services.explain import jobs
-from services.explain.jobs import ActivationsJob, ExplainJob, FiltersJob, Job
+from services.explain.jobs import ActivationsJob, ExplainJob
 from services.explain.schemas import (
     MAX_EVALUATIONS,
     ActivationsBody,
@@ -39,6 +36,7 @@ from services.explain.schemas import (
     ExplainResponse,
     FiltersResponse,
 )
+from services.explain.settings import ExplainSettings
 from shared.bundle import Bundle
 from shared.errors import BundleError, InferenceError, InvalidParameterError, ServingError
 from shared.media import ImageSpec, decode_base64, decode_image, image_to_array
@@ -52,22 +50,6 @@ WEIGHTS_VARIANT = "torch"
 _CAM_METHODS = ("grad_cam", "guided_grad_cam")
 # A torch bundle's sample outputs come from the fp32 ONNX export; parity there is 1e-4.
 _SMOKE_ATOL = 1e-3
-
-Request = ExplainBody | CompareBody | ActivationsBody
-
-
-class ExplainSettings(ServingSettings):
-    """The explain service's defaults: an explanation takes up to seconds, so a short queue and
-    a longer wait before a queued request is shed (504); heatmaps come back at the input's
-    size, so inputs are capped at 1024x1024."""
-
-    max_queue: int = Field(16, ge=1, le=100_000, description="Explanations that may wait.")
-    request_timeout_s: float = Field(
-        60.0, gt=0, le=3600, description="Deadline of a request; expired before it runs: 504."
-    )
-    max_image_pixels: int = Field(
-        1024 * 1024, ge=1, description="Largest decoded image (width*height), checked first."
-    )
 
 
 class ExplainModel(ModelService):
@@ -137,38 +119,51 @@ class ExplainModel(ModelService):
             "torch_threads": self.threads,
         }
 
-    # ---- validation (preprocess runs in a worker thread, before the queue) ---------------
-    def preprocess(self, request: Request) -> Job:
-        data = decode_base64(request.image)
-        image = decode_image(data, self.max_pixels)
-        x = image_to_array(image, self.spec)
-        if isinstance(request, ActivationsBody):
-            layer = self._layer(request.layer, "layer")
-            return ActivationsJob(x, layer, min(request.top_n, self.maps[layer][0]))
-        if isinstance(request, ExplainBody):
-            methods = [request.method]
-            by_method = {request.method: request.params}
-            fidelity = request.fidelity
-        else:
-            methods = list(request.methods)
-            if len(set(methods)) != len(methods):
-                raise InvalidParameterError(f"methods must be distinct, got {methods}")
-            stray = sorted(set(request.params) - set(methods))
-            if stray:
-                raise InvalidParameterError(f"params given for methods not compared: {stray}")
-            by_method = {m: request.params.get(m, MethodParams()) for m in methods}
-            fidelity = True
-        params = {m: self._check_params(m, by_method[m]) for m in methods}
+    # ---- validation (preprocess, one per endpoint: a worker thread, before the queue) -----
+    def _image(self, encoded: str) -> tuple[Image.Image, np.ndarray]:
+        image = decode_image(decode_base64(encoded), self.max_pixels)
+        return image, image_to_array(image, self.spec)
+
+    def explain_job(self, body: ExplainBody) -> ExplainJob:
+        """/v1/explain: one method, its params checked, fidelity when asked."""
+        return self._job(body, {body.method: body.params}, body.fidelity, compare=False)
+
+    def compare_job(self, body: CompareBody) -> ExplainJob:
+        """/v1/explain/compare: distinct methods, params only for those, fidelity always."""
+        methods = list(body.methods)
+        if len(set(methods)) != len(methods):
+            raise InvalidParameterError(f"methods must be distinct, got {methods}")
+        stray = sorted(set(body.params) - set(methods))
+        if stray:
+            raise InvalidParameterError(f"params given for methods not compared: {stray}")
+        by_method = {m: body.params.get(m, MethodParams()) for m in methods}
+        return self._job(body, by_method, fidelity=True, compare=True)
+
+    def activations_job(self, body: ActivationsBody) -> ActivationsJob:
+        """/v1/explain/activations: a layer with a feature map, at most its channels."""
+        _, x = self._image(body.image)
+        layer = self._layer(body.layer, "layer")
+        return ActivationsJob(x, layer, min(body.top_n, self.maps[layer][0]))
+
+    def _job(
+        self,
+        body: ExplainBody | CompareBody,
+        by_method: dict[str, MethodParams],
+        fidelity: bool,
+        compare: bool,
+    ) -> ExplainJob:
+        image, x = self._image(body.image)
+        params = {m: self._check_params(m, p) for m, p in by_method.items()}
         self._check_cost(params, fidelity)
         return ExplainJob(
             image=image,
             x=x,
-            methods=tuple(methods),
+            methods=tuple(by_method),
             params=params,
-            target=self._target(request.target),
-            return_map=getattr(request, "return_map", False),
+            target=self._target(body.target),
+            return_map=isinstance(body, ExplainBody) and body.return_map,
             fidelity=fidelity,
-            compare=isinstance(request, CompareBody),
+            compare=compare,
         )
 
     def _check_params(self, method: str, params: MethodParams) -> MethodParams:
@@ -225,11 +220,20 @@ class ExplainModel(ModelService):
             )
 
     # ---- work (on the `explain` pool: INFERENCE_WORKERS at once, one replica each) -------
-    def run(self, job: Job, call: Call) -> dict[str, Any]:
-        """One job on a free replica; the input was validated, so a failure is the server's."""
+    def explanation(self, job: ExplainJob, call: Call) -> dict[str, Any]:
+        return self._on_replica(lambda e: jobs.run_explain(e, job, self.labels))
+
+    def activations(self, job: ActivationsJob, call: Call) -> dict[str, Any]:
+        return self._on_replica(lambda e: jobs.run_activations(e, job, self.labels))
+
+    def filters(self, _: None, call: Call) -> dict[str, Any]:
+        return self._on_replica(jobs.run_filters)
+
+    def _on_replica(self, work: Callable[[Explainer], dict[str, Any]]) -> dict[str, Any]:
+        """Work on a free replica; the input was validated, so a failure is the server's."""
         explainer = self.replicas.get()
         try:
-            return jobs.run(explainer, job, self.labels)
+            return work(explainer)
         except ServingError:
             raise
         except Exception as exc:
@@ -238,21 +242,13 @@ class ExplainModel(ModelService):
         finally:
             self.replicas.put(explainer)
 
-    def filters(self, _: None, call: Call) -> dict[str, Any]:
-        return self.run(FiltersJob(), call)
 
-
-def _explaining(path: str, summary: str, body: type[Any], response: type[Any]) -> Endpoint:
+def _explaining(path: str, summary: str, body: type, prepare: Any, answer: type) -> Endpoint:
+    call = ExplainModel.activations if body is ActivationsBody else ExplainModel.explanation
     return Endpoint(
-        path,
-        Lane.DIRECT,
-        summary,
-        body=body,
-        preprocess=ExplainModel.preprocess,
-        call=ExplainModel.run,
-        pool="explain",
-        response=response,
-    )
+        path, Lane.DIRECT, summary, body=body, preprocess=prepare, call=call, pool="explain",
+        response=answer,
+    )  # fmt: skip
 
 
 class ExplainService(Service):
@@ -268,18 +264,21 @@ class ExplainService(Service):
             "/v1/explain",
             "Explain one prediction with one attribution method; a heatmap over the input.",
             ExplainBody,
+            ExplainModel.explain_job,
             ExplainResponse,
         ),
         _explaining(
             "/v1/explain/compare",
             "Several methods on one image: a side-by-side panel and each one's fidelity.",
             CompareBody,
+            ExplainModel.compare_job,
             CompareResponse,
         ),
         _explaining(
             "/v1/explain/activations",
             "The top-N channels (by mean activation) of a named layer as a PNG grid.",
             ActivationsBody,
+            ExplainModel.activations_job,
             ActivationsResponse,
         ),
         Endpoint(
