@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 
 from tests.procs import ROOT, free_port, running, wait_http
+from tests.sse import parse_sse
 
 GUIDE = ROOT / "docs" / "adding-a-service.md"
 WEIGHTS = {"good": 1.5, "great": 2.0, "bad": -1.0}
@@ -20,14 +21,6 @@ def guide_code() -> str:
     """The page's service: its one python code block."""
     (code,) = re.findall(r"```python\n(.*?)```", GUIDE.read_text(), flags=re.DOTALL)
     return code
-
-
-def events(stream: str) -> list[tuple[str, dict]]:
-    found = []
-    for block in stream.strip().split("\n\n"):
-        lines = dict(line.split(": ", 1) for line in block.splitlines())
-        found.append((lines["event"], json.loads(lines["data"])))
-    return found
 
 
 def test_the_guides_service_runs_all_three_lanes(tmp_path: Path) -> None:
@@ -57,7 +50,7 @@ def test_the_guides_service_runs_all_three_lanes(tmp_path: Path) -> None:
             assert counted.json()["words"] == 3
             streamed = http.post("/v1/words/count", json={"text": "one two", "stream": True})
             assert streamed.headers["content-type"].startswith("text/event-stream")
-            names = [(name, data.get("word")) for name, data in events(streamed.text)]
+            names = [(name, data.get("word")) for name, data in parse_sse(streamed.text)]
             assert names == [("word", "one"), ("word", "two"), ("result", None)]
             # shared/ did the rest: bounds, media types, docs, metrics, model info
             assert http.post("/v1/words/score", json={"text": ""}).status_code == 422

@@ -15,6 +15,7 @@ from mlflow.tracking import MlflowClient
 
 from shared.registry import RegistryClient
 from tests.procs import free_port, run_module, running, wait_http
+from tests.sse import parse_sse
 
 pytestmark = pytest.mark.integration
 MAX_CHARS = 600
@@ -77,15 +78,6 @@ def tokenizer_of(bundle):
 
 def post(served: Served, route: str, body: dict) -> httpx.Response:
     return httpx.post(f"{served.url}{route}", json=body, timeout=60)
-
-
-def events(response: httpx.Response) -> list[tuple[str, dict]]:
-    """Parsed server-sent events (event name, JSON data)."""
-    parsed = []
-    for block in response.text.strip().split("\n\n"):
-        lines = dict(line.split(": ", 1) for line in block.splitlines())
-        parsed.append((lines["event"], json.loads(lines["data"])))
-    return parsed
 
 
 def test_exports_moved_production_with_parity(service: Served) -> None:
@@ -211,7 +203,7 @@ def test_streaming_delivers_the_same_text_in_several_events(service: Served, str
     plain = post(service, "/v1/text/generate", body).json()
     streamed = post(service, "/v1/text/generate", {**body, "stream": True})
     assert streamed.headers["content-type"].startswith("text/event-stream")
-    parsed = events(streamed)
+    parsed = parse_sse(streamed.text)
     kinds = [kind for kind, _ in parsed]
     assert kinds[-1] == "result" and set(kinds[:-1]) == {"token"}
     pieces = [data["text"] for kind, data in parsed if kind == "token"]

@@ -22,6 +22,7 @@ from shared.app import create_app
 from shared.service import Call, ModelSpec
 from shared.settings import ServingSettings
 from tests.procs import poll_until
+from tests.sse import parse_sse
 from tests.tinydiffusion import seed_cache
 from tests.unit.conftest import DEAD_REGISTRY, wait_ready
 
@@ -159,14 +160,6 @@ def test_non_json_body_is_415(client: TestClient) -> None:
         "/v1/generate", content=b"class=3", headers={"content-type": "text/plain"}
     )
     assert response.status_code == 415
-
-
-def parse_sse(text: str) -> list[tuple[str, dict[str, Any]]]:
-    events = []
-    for block in text.strip().split("\n\n"):
-        lines = dict(line.split(": ", 1) for line in block.splitlines())
-        events.append((lines["event"], json.loads(lines["data"])))
-    return events
 
 
 def test_stream_sends_progress_events_then_the_images(client: TestClient) -> None:
