@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -142,14 +141,6 @@ class ServingSettings(BaseSettings):
     log_level: str = Field("INFO", description="Python logging level of the service.")
     log_json: bool = Field(True, description="Log JSON lines (false: plain text).")
 
-    def with_defaults(self, defaults: dict[str, Any]) -> ServingSettings:
-        """These settings with `defaults` for every field not set explicitly (environment or
-        constructor): a service's own defaults, below anything the operator chose."""
-        unset = {key: value for key, value in defaults.items() if key not in self.model_fields_set}
-        if not unset:
-            return self
-        return self.model_validate({**self.model_dump(exclude_unset=True), **unset})
-
     def api_tokens(self) -> tuple[bytes, ...]:
         """Every accepted bearer token; none means auth is off."""
         tokens = [self.api_token.get_secret_value()] if self.api_token else []
@@ -170,9 +161,6 @@ class ServingSettings(BaseSettings):
             username=self.mlflow_tracking_username,
             password=password.get_secret_value() if password else None,
         )
-
-    def resolved_model_uri(self, service: str) -> str:
-        return self.model_uri or f"models:/{service}@production"
 
     def intra_op_threads(self) -> int:
         return self.onnx_intra_op_threads or available_cores()
