@@ -90,14 +90,20 @@ class WorkPool:
         future.add_done_callback(lambda _: self.release())
         return future
 
-    async def run(self, work: Work, call: Call) -> Any:
-        """Admit, run and wait for one call."""
+    def submit(
+        self, work: Work, call: Call, started: asyncio.Event | None = None
+    ) -> asyncio.Future:
+        """Admit (or refuse with 503) and start one call."""
         self.admit()
         try:
-            future = self.start(work, call)
+            return self.start(work, call, started)
         except BaseException:
             self.release()
             raise
+
+    async def run(self, work: Work, call: Call) -> Any:
+        """Admit, run and wait for one call."""
+        future = self.submit(work, call)
         try:
             return await asyncio.shield(future)
         except asyncio.CancelledError:
@@ -121,12 +127,7 @@ async def open_stream(
     events: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
     call.sink = lambda event, data: loop.call_soon_threadsafe(events.put_nowait, (event, data))
     begun = asyncio.Event()
-    pool.admit()
-    try:
-        future = pool.start(lambda: work(call), call, begun)
-    except BaseException:
-        pool.release()
-        raise
+    future = pool.submit(lambda: work(call), call, begun)
     future.add_done_callback(lambda f: f.cancelled() or f.exception())  # never unretrieved
     waiter = asyncio.ensure_future(begun.wait())
     try:

@@ -89,12 +89,12 @@ async def serve(
 ) -> Response:
     parsed = await read(endpoint, request, query)
     loaded = runtime.require(endpoint.model)
-    timeout = runtime.settings.request_timeout_s
-    call = Call(endpoint.path, loaded.info(), timeout, time.monotonic() + timeout)
-    if endpoint.lane is Lane.BATCHED:
+    if endpoint.lane is Lane.BATCHED:  # the batcher keeps each item's deadline itself
         items = await runtime.preprocess(endpoint, loaded, parsed, batched=True)
         outputs = await runtime.submit(loaded, items, endpoint.path)
         return _answer(endpoint, runtime, loaded, outputs, parsed)
+    timeout = runtime.settings.request_timeout_s
+    call = Call(endpoint.path, loaded.info(), timeout, time.monotonic() + timeout)
     work = await runtime.preprocess(endpoint, loaded, parsed, batched=False)
     pool = runtime.pool(endpoint.pool)
     assert endpoint.call is not None  # Service.check refused the declaration otherwise

@@ -129,6 +129,7 @@ class GenerateModel(ModelService):
 
     def generate(self, job: Job, call: Call) -> dict[str, Any]:
         """One generation (the pool runs one at a time): images, safety, timings."""
+        queued_ms = call.elapsed_ms()  # since the request was read: checks and the wait
         started = time.monotonic()
         images, pipeline_flags = self.generator.run(job, self._hook(job, call))
         generated = time.monotonic()
@@ -139,7 +140,7 @@ class GenerateModel(ModelService):
             for image, seed in zip(images, job.seeds, strict=True)
         ]
         timing = {
-            "queue": (started - (call.deadline - call.timeout_s)) * 1000,
+            "queue": queued_ms,
             "generate": (generated - started) * 1000,
             "encode": (time.monotonic() - generated) * 1000,
             "total": call.elapsed_ms(),
