@@ -1,4 +1,4 @@
-"""Text benchmark (not a test): the figures of the text service's README section.
+"""Text benchmark (not a test): the figures of docs/text.md.
 
 - generation tokens/s with and without the KV cache at 128 new tokens (greedy, EOS ignored),
   for the torch and the onnx variant,
