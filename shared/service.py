@@ -144,7 +144,7 @@ def bound(model: ModelService, hook: Callable[..., Any]) -> Callable[..., Any]:
     return getattr(model, hook.__name__)
 
 
-class CancelledError(ServingError):
+class CallCancelledError(ServingError):
     """The client went away; the work stopped early (recorded, never sent)."""
 
     status, code, title = 499, "cancelled", "Client Closed Request"
@@ -174,7 +174,7 @@ class Call:
     def check(self, where: str = "") -> None:
         """Stop work between steps when the client left or the deadline has passed."""
         if self.cancelled.is_set():
-            raise CancelledError("the client closed the connection")
+            raise CallCancelledError("the client closed the connection")
         if time.monotonic() > self.deadline:
             raise DeadlineExceededError(
                 f"the work passed the request timeout of {self.timeout_s:g}s{where}"
