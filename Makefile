@@ -27,8 +27,9 @@ $(STAMP): pyproject.toml
 
 # System tools some tests drive (Debian packages): docker-compose validates the compose file
 # offline, prometheus (with promtool) runs the rule tests and a real server; kubectl
-# (kustomize) is expected on the machine.
-TOOLS := docker-compose prometheus
+# (kustomize) is expected on the machine; chromium is the browser the docs-page tests drive
+# (Playwright, no browser download).
+TOOLS := docker-compose prometheus chromium
 tools:  ## install the system tools the tests use (Debian packages), if missing
 	@for tool in $(TOOLS); do command -v $$tool >/dev/null || { \
 	  echo "==> installing $$tool (Debian package)"; \

@@ -7,6 +7,7 @@ import hmac
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from importlib import resources
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request
@@ -163,10 +164,11 @@ def _document_refusals(router: APIRouter) -> APIRouter:
 
 
 def _add_docs(app: FastAPI) -> None:
-    """Swagger UI served from the installed swagger-ui-bundle, so the docs work offline."""
-    from swagger_ui_bundle import swagger_ui_path
+    """Swagger UI 5 (it renders the OpenAPI 3.1 FastAPI emits; 4.x cannot) served from the
+    assets the installed fastapi-swagger package ships, so the docs work offline."""
+    assets = resources.files("fastapi_swagger") / "resources"
 
-    app.mount("/docs/static", StaticFiles(directory=swagger_ui_path), name="docs-static")
+    app.mount("/docs/static", StaticFiles(directory=str(assets)), name="docs-static")
 
     @app.get("/docs", include_in_schema=False)
     async def docs() -> HTMLResponse:

@@ -16,47 +16,23 @@ positions (its bound on generated tokens).
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from tests import tinydiffusion, tinyexplain, tinymodels, tinysimilarity, tinytext
 from tests.procs import BIN
 from tests.tinyserve import serve_cached
+from tests.tinyservices import TINY
+
+#: generated examples per operation
+EXAMPLES = 200
 
 
-@dataclass(frozen=True)
-class Fuzzed:
-    """How to serve one service for fuzzing: a seeded cache, its settings, examples per route."""
-
-    seed: Callable[[Path], object]  # places a tiny verified bundle in the cache
-    env: dict[str, str] = field(default_factory=dict)
-    examples: int = 200
-
-
-SERVICES: dict[str, Fuzzed] = {
-    "classify": Fuzzed(tinymodels.seed_cache),
-    "similarity": Fuzzed(tinysimilarity.seed_cache),
-    "explain": Fuzzed(
-        tinyexplain.write_region_cache,
-        {
-            "MODEL_URI": "models:/region@production",
-            "MAX_BODY_BYTES": str(256 * 1024),
-            "MAX_IMAGE_PIXELS": str(256 * 256),
-        },
-    ),
-    "generate": Fuzzed(tinydiffusion.seed_cache),
-    "text": Fuzzed(tinytext.seed_cache),
-}
-
-
-@pytest.mark.parametrize("service", sorted(SERVICES))
+@pytest.mark.parametrize("service", sorted(TINY))
 def test_service_survives_schemathesis(service: str, tmp_path: Path) -> None:
-    fuzzed = SERVICES[service]
-    fuzzed.seed(tmp_path / "cache")
-    with serve_cached(service, tmp_path / "cache", tmp_path / "service.log", fuzzed.env) as served:
+    tiny = TINY[service]
+    tiny.seed(tmp_path / "cache")
+    with serve_cached(service, tmp_path / "cache", tmp_path / "service.log", tiny.env) as served:
         result = subprocess.run(
             [
                 str(BIN / "st"),
@@ -67,7 +43,7 @@ def test_service_survives_schemathesis(service: str, tmp_path: Path) -> None:
                 "--exclude-checks",
                 "positive_data_acceptance",
                 "--max-examples",
-                str(fuzzed.examples),
+                str(EXAMPLES),
                 "--seed",
                 "1",
                 "--workers",
