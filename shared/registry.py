@@ -59,6 +59,23 @@ class ModelURI:
         )
 
 
+@dataclass(frozen=True)
+class ModelVersion:
+    version: str
+    tags: dict[str, str]
+    #: milliseconds since the epoch, as MLflow records it
+    created_ms: int
+
+
+@dataclass(frozen=True)
+class RegisteredModel:
+    name: str
+    #: alias -> version
+    aliases: dict[str, str]
+    #: newest first
+    versions: list[ModelVersion]
+
+
 class RegistryHTTPError(RegistryError):
     """An error answer of MLflow's REST API, with its `error_code`."""
 
@@ -132,6 +149,40 @@ class RegistryClient:
         if ref.alias:
             cache.remember_alias(ref.name, ref.alias, version)
         return FetchedModel(bundle, ref.name, version, run_id, from_cache_only=False)
+
+    def registered_models(self) -> list[RegisteredModel]:
+        """Every registered model, by name, with its aliases and its versions newest first
+        (MLflow's REST API: an http(s) tracking URI)."""
+        if not self.tracking_uri.startswith(("http://", "https://")):
+            raise RegistryError(f"listing models needs an http(s) registry, not {self.tracking_uri}")
+        models = []
+        for found in self._rest_pages("registered-models/search", "registered_models"):
+            name = found["name"]
+            versions = [
+                ModelVersion(
+                    str(mv["version"]),
+                    {tag["key"]: tag.get("value", "") for tag in mv.get("tags", [])},
+                    int(mv.get("creation_timestamp", 0)),
+                )
+                for mv in self._rest_pages(
+                    "model-versions/search", "model_versions", filter=f"name='{name}'"
+                )
+            ]
+            aliases = {a["alias"]: str(a["version"]) for a in found.get("aliases", [])}
+            versions.sort(key=lambda v: int(v.version), reverse=True)
+            models.append(RegisteredModel(name, aliases, versions))
+        return sorted(models, key=lambda m: m.name)
+
+    def _rest_pages(self, endpoint: str, key: str, **params: str) -> list[dict[str, Any]]:
+        """Every item of a paged MLflow search endpoint."""
+        items: list[dict[str, Any]] = []
+        token = ""
+        while True:
+            page = self._rest_get(endpoint, max_results="100", page_token=token, **params)
+            items += page.get(key, [])
+            token = page.get("next_page_token", "")
+            if not token:
+                return items
 
     def _authorization(self) -> str | None:
         """The Authorization header MLflow's auth variables would give: bearer, else basic."""
