@@ -2,7 +2,8 @@
 
 The same format carries a registered PyTorch model (`<task>-torch`, variant `torch` =
 safetensors weights plus an architecture config) and a served bundle (`<task>`, ONNX variants).
-Reading a bundle always verifies every listed file; nothing in a bundle is ever unpickled.
+Reading a bundle always verifies every listed file and refuses files it does not list; nothing
+in a bundle is ever unpickled.
 """
 
 from __future__ import annotations
@@ -30,6 +31,19 @@ def sha256_file(path: Path) -> str:
         while chunk := fh.read(_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def directory_sha256(directory: Path) -> str:
+    """One sha256 over every file under `directory`: of the lines `<sha256>  <relative path>`
+    that `sha256sum` prints, sorted by path (bytes). In a shell (docs/operations.md):
+    `find . -type f -printf '%P\\n' | LC_ALL=C sort | xargs -d '\\n' sha256sum | sha256sum`."""
+    directory = Path(directory)
+    files = sorted(
+        (p.relative_to(directory).as_posix() for p in directory.rglob("*") if p.is_file()),
+        key=lambda relative: relative.encode(),
+    )
+    lines = "".join(f"{sha256_file(directory / relative)}  {relative}\n" for relative in files)
+    return hashlib.sha256(lines.encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -148,10 +162,31 @@ def read_manifest(directory: Path) -> dict[str, Any]:
     return manifest
 
 
+def unlisted_files(directory: Path, manifest: dict[str, Any]) -> list[str]:
+    """Files under `directory` that the manifest does not list (manifest.json aside)."""
+    listed = set(manifest["files"]) | {MANIFEST}
+    present = (p.relative_to(directory).as_posix() for p in directory.rglob("*") if p.is_file())
+    return sorted(relative for relative in present if relative not in listed)
+
+
 def open_bundle(directory: Path) -> Bundle:
-    """Read and verify a bundle: every listed file exists with its recorded size and sha256."""
+    """Read and verify a bundle: every listed file exists with its recorded size and sha256,
+    and nothing else is there.
+
+    An unlisted file is refused, not deleted: loaders that read a whole directory
+    (tokenizers, diffusers) could pick it up unverified, and a cache directory that holds one
+    was changed by something other than the download, so it is not trusted at all. (The
+    registry then discards the copy and downloads it again; with the registry down, the load
+    fails with this error.)"""
     directory = Path(directory)
     manifest = read_manifest(directory)
+    extra = unlisted_files(directory, manifest)
+    if extra:
+        shown = ", ".join(repr(name) for name in extra[:5]) + (" ..." if len(extra) > 5 else "")
+        raise BundleError(
+            f"{directory} holds {len(extra)} file(s) its manifest does not list ({shown}); "
+            "refusing to load an unverified bundle directory"
+        )
     for relative, meta in manifest["files"].items():
         path = directory / relative
         if not path.resolve().is_relative_to(directory.resolve()):

@@ -3,22 +3,33 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
+from shared.listener import accept_queue_length, listening_socket, refuse_new_connections
 from shared.logs import configure_logging, write_synchronously
 
 if TYPE_CHECKING:
     from shared.service import Service
 
 log = logging.getLogger("modelplane.serve")
+
+#: listen backlog, keep-alive timeout and graceful timeout (uvicorn's) of every service; the
+#: Kubernetes termination grace period must cover them (tests/unit/test_shutdown_budget.py)
+BACKLOG = 2048
+KEEP_ALIVE_S = 5.0
+GRACEFUL_TIMEOUT_S = 10.0
+#: longest wait for the accept queue to empty once new connections are refused
+ACCEPT_QUEUE_WAIT_S = 2.0
 
 # Pools that numpy/BLAS and OpenMP would size to every core. Inference threads are set
 # explicitly on the onnxruntime session; these stay at 1 so pools never oversubscribe cores.
@@ -43,35 +54,65 @@ def run(service: type[Service], default_port: int, argv: list[str] | None = None
         action="store_true",
         default=os.environ.get("REUSE_PORT", "").lower() in ("1", "true", "yes"),
         help="bind with SO_REUSEPORT: several processes share the port, the kernel spreads "
-        "connections across them (env REUSE_PORT)",
+        "connections across them; each joins once its models are ready (env REUSE_PORT)",
     )
     args = parser.parse_args(argv)
     settings = service.settings_class()
     configure_logging(settings.log_level, settings.log_json)
     app = create_app(service, settings)
-    where: dict[str, Any] = {"host": args.host, "port": args.port}
-    shared_socket = _reuse_port_socket(args.host, args.port) if args.reuse_port else None
-    if shared_socket is not None:  # kept referenced: uvicorn serves on its descriptor
-        where = {"fd": shared_socket.fileno()}
+    runtime = app.state.runtime
+    sock = listening_socket(args.host, args.port, reuse_port=args.reuse_port, backlog=BACKLOG)
+    shared_port = " (REUSE_PORT: joined once ready)" if args.reuse_port else ""
+    log.info("bound to %s:%d%s", args.host, args.port, shared_port)
     config = uvicorn.Config(
-        app,
-        **where,
+        JoinWhenReady(app, runtime) if args.reuse_port else app,
         workers=1,
         http=header_deadline_protocol(settings.header_timeout_s),
         log_config=None,
-        timeout_keep_alive=5,
-        timeout_graceful_shutdown=10,
+        backlog=BACKLOG,
+        timeout_keep_alive=KEEP_ALIVE_S,
+        timeout_graceful_shutdown=GRACEFUL_TIMEOUT_S,
         access_log=False,
     )
-    DrainingServer(config, settings.shutdown_drain_s, app.state.runtime.start_draining).run()
+    DrainingServer(config, settings.shutdown_drain_s, runtime.start_draining).run(sockets=[sock])
     return 0
 
 
+class JoinWhenReady:
+    """ASGI wrapper for REUSE_PORT: the lifespan's startup completes (and uvicorn starts
+    listening on the shared port) only once every model is loaded, so the kernel never hands
+    a connection to a process that would answer 503 while its siblings are ready. A signal
+    while loading ends the wait (the process then shuts down)."""
+
+    def __init__(self, app: Any, runtime: Any) -> None:
+        self.app = app
+        self.runtime = runtime
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "lifespan":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_when_ready(message: Any) -> None:
+            if message["type"] == "lifespan.startup.complete":
+                while not (self.runtime.ready or self.runtime.draining):
+                    await asyncio.sleep(0.05)
+                log.info("models ready: joining the shared port")
+            await send(message)
+
+        await self.app(scope, receive, send_when_ready)
+
+
 class DrainingServer(uvicorn.Server):
-    """uvicorn's server with a drain window: the first SIGTERM/SIGINT withdraws readiness at
-    once and keeps serving (new connections too) for `drain_s`, then uvicorn's graceful
-    shutdown runs (stop accepting, finish in-flight requests, lifespan end). A second signal
-    during the window shuts down at once."""
+    """uvicorn's server with a drain window and a shutdown that loses no request.
+
+    The first SIGTERM/SIGINT withdraws readiness at once and keeps serving (new connections
+    too) for `drain_s`; a second signal during the window shuts down at once. Then, before
+    uvicorn's graceful shutdown: new connections are refused (SYNs dropped, see
+    shared/listener.py) and the connections the kernel already accepted are taken and served;
+    every connection answers the request it is on (or the next one, if one arrives before its
+    keep-alive timeout) with `Connection: close` and closes; uvicorn then waits for them, runs
+    the lifespan's end and the process exits."""
 
     def __init__(self, config: Any, drain_s: float, start_draining: Any) -> None:
         super().__init__(config)
@@ -98,6 +139,24 @@ class DrainingServer(uvicorn.Server):
         self._drain_timer = threading.Timer(self.drain_s, super().handle_exit, (sig, None))
         self._drain_timer.daemon = True
         self._drain_timer.start()
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        listeners = [s for s in sockets or [] if s.fileno() >= 0]
+        if all([refuse_new_connections(s) for s in listeners]) and listeners:
+            await take_accepted_connections(listeners)
+        await super().shutdown(sockets)
+
+
+async def take_accepted_connections(listeners: list[socket.socket]) -> None:
+    """Let the event loop accept what the kernel queued until every queue has stayed empty for
+    a few polls (a handshake under way when SYNs started being dropped still completes)."""
+    deadline = time.monotonic() + ACCEPT_QUEUE_WAIT_S
+    quiet = 0
+    while quiet < 3 and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+        waiting = sum(accept_queue_length(s) for s in listeners)
+        quiet = quiet + 1 if waiting == 0 else 0
+    await asyncio.sleep(0)  # the last accepted connections get their protocol
 
 
 class _HeaderDeadline:
@@ -151,21 +210,50 @@ class _HeaderDeadline:
             self.transport.close()
 
 
+class _CloseWhenDone:
+    """Mixin for uvicorn's httptools protocol: graceful shutdown without a dropped request.
+
+    uvicorn's own `shutdown()` closes every connection that is between requests at once; a
+    keep-alive client may have just sent its next request on it (the bytes are in the socket
+    buffer, not yet read), and closing then resets it unanswered. Here an in-flight request
+    is answered with `Connection: close`; a connection between requests stays open until its
+    keep-alive timeout, as it would without a shutdown, and a request arriving before that is
+    answered the same way."""
+
+    cycle: Any
+    loop: Any
+    transport: Any
+    timeout_keep_alive: float
+    timeout_keep_alive_task: Any
+    timeout_keep_alive_handler: Any
+    _closing = False
+
+    def shutdown(self) -> None:
+        self._closing = True
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            cycle.keep_alive = False
+        elif self.timeout_keep_alive_task is None and not self.transport.is_closing():
+            # accepted, no request yet: the same timeout as between two requests
+            self.timeout_keep_alive_task = self.loop.call_later(
+                self.timeout_keep_alive, self.timeout_keep_alive_handler
+            )
+
+    def _start_asgi_task(self, cycle: Any, app: Any) -> None:
+        if self._closing:
+            cycle.keep_alive = False
+        super()._start_asgi_task(cycle, app)  # type: ignore[misc]
+
+
 def header_deadline_protocol(timeout_s: float) -> type:
-    """uvicorn's HTTP protocol class (httptools when installed, else h11) with the deadline."""
+    """uvicorn's HTTP protocol class (httptools when installed, else h11) with the header
+    deadline and, with httptools, the graceful close."""
     try:
-        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as base
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
     except ImportError:  # pragma: no cover - httptools is part of the serve extra
-        from uvicorn.protocols.http.h11_impl import H11Protocol as base  # type: ignore[assignment]
-    return type("HeaderDeadlineProtocol", (_HeaderDeadline, base), {"header_timeout_s": timeout_s})
+        from uvicorn.protocols.http.h11_impl import H11Protocol
 
-
-def _reuse_port_socket(host: str, port: int) -> socket.socket:
-    """A listening socket that other processes may bind too (one uvicorn worker each)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((host, port))
-    sock.listen(2048)
-    return sock
+        bases: tuple[type, ...] = (_HeaderDeadline, H11Protocol)
+    else:
+        bases = (_CloseWhenDone, _HeaderDeadline, HttpToolsProtocol)
+    return type("ServiceProtocol", bases, {"header_timeout_s": timeout_s})

@@ -7,7 +7,9 @@ Class 1 means a bright 4x4 square somewhere in the top-left quadrant; every imag
 from __future__ import annotations
 
 import base64
+import copy
 import json
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cache
@@ -21,6 +23,7 @@ from torch import nn
 from models.classify import architecture_config, build_model, write_torch_bundle
 from services.explain.service import ExplainService
 from shared.app import create_app
+from shared.bundle import read_manifest, write_manifest
 from shared.media import ImageSpec, gray_to_image, image_to_array
 from shared.settings import ServingSettings
 from tests.unit.conftest import DEAD_REGISTRY, png_bytes, wait_ready
@@ -94,8 +97,10 @@ def _train() -> nn.Module:
     raise AssertionError(f"the synthetic model did not learn its task: accuracy {accuracy:.2f}")
 
 
-def write_region_cache(cache_dir: Path) -> Path:
-    """A verified `region` torch bundle in a model cache, as if downloaded before."""
+def write_region_cache(cache_dir: Path, fp32: str = "outputs") -> Path:
+    """A verified `region` bundle in a model cache, as if downloaded before: the torch weights
+    plus, as the export stage writes them, an fp32 ONNX variant and sample inputs, with its
+    expected outputs (`fp32="outputs"`), without them (`"onnx"`), or no fp32 variant (`""`)."""
     bundle_dir = cache_dir / "region" / "1"
     bundle_dir.mkdir(parents=True)
     write_torch_bundle(
@@ -109,8 +114,40 @@ def write_region_cache(cache_dir: Path) -> Path:
         source={"run_id": "test"},
         metrics={},
     )
+    if fp32:
+        add_fp32_export(bundle_dir, with_outputs=fp32 == "outputs")
     (cache_dir / "region" / "aliases.json").write_text(json.dumps({"production": "1"}))
     return bundle_dir
+
+
+def add_fp32_export(bundle_dir: Path, with_outputs: bool) -> None:
+    """model.onnx (the legacy exporter: a quarter of a second), sample_inputs.npy and, with
+    `with_outputs`, onnxruntime's logits on them; the manifest rewritten to list them."""
+    import onnxruntime as ort
+
+    sample = prep(synthetic(4, 5)[0]).numpy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            copy.deepcopy(trained_region_model()).eval(),
+            (torch.from_numpy(sample),),
+            str(bundle_dir / "model.onnx"),
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+            dynamo=False,
+        )
+    np.save(bundle_dir / "sample_inputs.npy", sample)
+    manifest = read_manifest(bundle_dir)
+    manifest["sample_inputs"] = "sample_inputs.npy"
+    manifest["variants"]["fp32"] = {"file": "model.onnx"}
+    if with_outputs:
+        session = ort.InferenceSession(
+            bundle_dir / "model.onnx", providers=["CPUExecutionProvider"]
+        )
+        np.save(bundle_dir / "expected_outputs.fp32.npy", session.run(None, {"input": sample})[0])
+        manifest["variants"]["fp32"]["expected_outputs"] = "expected_outputs.fp32.npy"
+    write_manifest(bundle_dir, {k: v for k, v in manifest.items() if k != "files"})
 
 
 def b64(image: np.ndarray) -> str:

@@ -26,6 +26,7 @@ from models.fidelity import evaluations as fidelity_evaluations
 from models.methods import METHODS, PARAMS_OF, MethodParams
 from services.explain import jobs
 from services.explain.jobs import ActivationsJob, ExplainJob
+from services.explain.parity import parity_reference
 from services.explain.schemas import (
     MAX_EVALUATIONS,
     ActivationsBody,
@@ -89,18 +90,16 @@ class ExplainModel(ModelService):
 
     def warmup(self) -> None:
         """Check the torch weights against the fp32 export's outputs, then explain once."""
-        fp32 = self.bundle.variants.get("fp32", {})
-        if "sample_inputs" in self.bundle.manifest and "expected_outputs" in fp32:
-            sample = self.bundle.load_array(self.bundle.manifest["sample_inputs"])
-            expected = self.bundle.load_array(fp32["expected_outputs"])
-            with torch.no_grad():
-                logits = self.reference.model(torch.from_numpy(sample)).numpy()
-            diff = float(np.max(np.abs(logits - expected)))
-            if diff > _SMOKE_ATOL:
-                raise BundleError(
-                    f"the torch weights disagree with the fp32 export by {diff:.2e} "
-                    f"(> {_SMOKE_ATOL:.0e}): the bundle's weights are not its ONNX model's"
-                )
+        sample, expected = parity_reference(self.bundle)
+        with torch.no_grad():
+            logits = self.reference.model(torch.from_numpy(sample)).numpy()
+        diff = float(np.max(np.abs(logits - expected)))
+        if diff > _SMOKE_ATOL:
+            raise BundleError(
+                f"the torch weights disagree with the fp32 export by {diff:.2e} "
+                f"(> {_SMOKE_ATOL:.0e}): the bundle's weights are not its ONNX model's"
+            )
+        log.info("torch weights agree with the fp32 export: max abs diff %.2e", diff)
         black = self.reference.black
         self.reference.attribute(black, 0, "saliency", MethodParams())
 

@@ -10,6 +10,7 @@ server-sent events.
 from __future__ import annotations
 
 import base64
+import logging
 import secrets
 import time
 from pathlib import Path
@@ -41,9 +42,13 @@ from services.generate.schemas import (
     GenerateBody,
     GenerateResponse,
 )
-from shared.bundle import Bundle
+from shared.bundle import Bundle, directory_sha256
+from shared.errors import BundleError
 from shared.service import Call, Endpoint, Lane, ModelService, ModelSpec, Pool, Service
 from shared.settings import ServingSettings
+from shared.sources import LOCAL_VERSION
+
+log = logging.getLogger("modelplane.generate")
 
 
 class GenerateSettings(ServingSettings):
@@ -51,6 +56,12 @@ class GenerateSettings(ServingSettings):
 
     generate_pipeline_dir: Path | None = Field(
         None, description="Serve this local diffusers pipeline directory instead of MODEL_URI."
+    )
+    generate_pipeline_sha256: str | None = Field(
+        None,
+        pattern=r"^[0-9a-fA-F]{64}$",
+        description="Expected sha256 of GENERATE_PIPELINE_DIR (every file; see GET /v1/model's "
+        "pipeline_sha256); a different directory is refused. Unset: hashed and logged only.",
     )
     generate_max_pixels: int = Field(
         512 * 512, ge=64, description="Largest width x height of one generated image."
@@ -71,6 +82,9 @@ class GenerateModel(ModelService):
         torch.set_num_threads(settings.intra_op_threads())
         self.bundle = bundle
         self.timeout_s = settings.request_timeout_s
+        self.pipeline_sha256 = None
+        if variant == LOCAL_VERSION:  # a local directory has no manifest checksums: hash it all
+            self.pipeline_sha256 = verify_pipeline_dir(bundle, settings.generate_pipeline_sha256)
         self.generator: Generator = load_generator(
             bundle.path, bundle.manifest, settings.generate_max_pixels
         )
@@ -96,6 +110,7 @@ class GenerateModel(ModelService):
             "safety_checker": self.safety.name,
             "source": self.bundle.manifest.get("source", {}),
             "metrics": self.bundle.manifest.get("metrics", {}),
+            **({"pipeline_sha256": self.pipeline_sha256} if self.pipeline_sha256 else {}),
         }
 
     def catalogue(self, _: None, call: Call) -> dict[str, Any]:
@@ -169,6 +184,19 @@ class GenerateModel(ModelService):
             call.emit("progress", event)
 
         return hook
+
+
+def verify_pipeline_dir(bundle: Bundle, expected: str | None) -> str:
+    """The local pipeline directory's sha256 (`directory_sha256`), logged; a mismatch with
+    GENERATE_PIPELINE_SHA256 refuses the load before any of its files is read."""
+    digest = directory_sha256(bundle.path)
+    log.info("pipeline directory %s: sha256 %s", bundle.path, digest)
+    if expected and digest != expected.lower():
+        raise BundleError(
+            f"pipeline directory {bundle.path} has sha256 {digest}, but "
+            f"GENERATE_PIPELINE_SHA256 is {expected.lower()}: its files changed; refusing to load"
+        )
+    return digest
 
 
 class GenerateService(Service):

@@ -1,7 +1,8 @@
 """`make loadtest` and the latency regression gate, headless against a real classify process:
-a smoke run without failures, a gate that passes on its own baseline, fails on a genuinely
-slower model variant (like fp32 served against an int8 baseline) and on failing requests; the
-similarity and text users live against real processes of those services."""
+a smoke run without failures; a gate that passes on its own baseline and on a retrained model,
+fails on a genuinely slower build (same name and variant) and on failing requests, and refuses
+(instead of judging) another variant or another load; the similarity and text users live
+against real processes of those services."""
 
 from __future__ import annotations
 
@@ -11,12 +12,21 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import onnx
 import pytest
 
 from loadtests.users.payloads import DIGITS_FILE, write_digits
+from shared.bundle import read_manifest, write_manifest
 from tests import tinysimilarity, tinytext
 from tests.procs import ROOT, free_port
-from tests.tinyserve import DEAD_REGISTRY, seed_two_speed_cache, serve_cached, serve_classify
+from tests.tinymodels import seed_cache
+from tests.tinyserve import (
+    DEAD_REGISTRY,
+    seed_two_speed_cache,
+    serve_cached,
+    serve_classify,
+    slow_classifier,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -114,18 +124,45 @@ def test_update_baseline_records_the_machine_load_and_every_endpoint(baseline: P
     assert 0 < png["p50_ms"] <= png["p95_ms"] <= png["p99_ms"]
 
 
-def test_gate_passes_on_its_baseline_and_catches_a_slower_variant(
+def test_gate_passes_on_its_baseline_and_on_a_freshly_trained_model(
     fast: str, cache: Path, baseline: Path, tmp_path: Path
 ) -> None:
+    """The yardstick is fixed: another version of the same model and variant is comparable."""
     same = loadtest("check", fast, cache, *gate(baseline), "--tolerance", TOLERANCE)
     assert same.returncode == 0, same.stdout + same.stderr
-    assert "PASS" in same.stdout
+    assert "PASS" in same.stdout and "reference-mlp/1" in same.stdout
+    seed_cache(tmp_path / "fresh", version="2", seed=5)  # retrained: other weights, version 2
+    with serve_classify(tmp_path / "fresh", tmp_path / "fresh.log", variant="fp32") as fresh:
+        again = loadtest("check", fresh, cache, *gate(baseline), "--tolerance", TOLERANCE)
+    assert again.returncode == 0, again.stdout + again.stderr
 
-    with serve_classify(cache, tmp_path / "slow.log", variant="slow") as slow:
+
+def test_gate_fails_on_a_genuinely_slower_build(
+    cache: Path, baseline: Path, tmp_path: Path
+) -> None:
+    """The same model name and variant, built slower (same answers, far more work): judged,
+    and failed."""
+    bundle_dir = seed_cache(tmp_path / "slower")
+    onnx.save(slow_classifier(), bundle_dir / "model.onnx")
+    manifest = read_manifest(bundle_dir)
+    write_manifest(bundle_dir, {k: v for k, v in manifest.items() if k != "files"})
+    with serve_classify(tmp_path / "slower", tmp_path / "slow.log", variant="fp32") as slow:
         slower = loadtest("check", slow, cache, *gate(baseline), "--tolerance", TOLERANCE)
     assert slower.returncode == 1, slower.stdout + slower.stderr
     assert "FAIL: latency regression" in slower.stdout
     assert "classify POST /v1/classify [png]: p50 +" in slower.stdout
+
+
+def test_gate_refuses_another_variant_or_another_load_instead_of_judging(
+    fast: str, cache: Path, baseline: Path, tmp_path: Path
+) -> None:
+    with serve_classify(cache, tmp_path / "other.log", variant="slow") as other:
+        refused = loadtest("check", other, cache, *gate(baseline))
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "REFUSED" in refused.stdout and "variant 'fp32' -> 'slow'" in refused.stdout
+    busier = loadtest("check", fast, cache, *gate(baseline), "--users", "3")
+    assert busier.returncode == 2, busier.stdout + busier.stderr
+    assert "load users: baseline 2, now 3" in busier.stdout
 
 
 def test_gate_fails_when_more_than_one_percent_of_requests_fail(
