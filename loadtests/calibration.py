@@ -1,5 +1,11 @@
-"""The gate's yardstick: raw onnxruntime batch-1 latency of the classify bundle, measured in
-short slices *while* the load runs, so it feels the same contention as the services do.
+"""The gate's yardstick: raw onnxruntime batch-1 latency of a fixed reference workload,
+measured in short slices *while* the load runs, so it feels the same contention as the
+services do.
+
+The workload is built here, deterministically (a seeded chain of MatMul + Relu layers, the
+same bytes on every machine and every day), never read from the registry: a ruler that
+changed with the registered model would move with what it measures (a slower model would
+slow its own ruler and hide; a new export would change the ruler and cry wolf).
 
 Measured between runs instead, it misses what the machine's other tenants do during a run;
 measured continuously, it would take a core from the services. A slice of `slice_s` every
@@ -15,39 +21,67 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
+
+#: bump when the workload changes: a baseline measured with another yardstick is refused
+REFERENCE = "reference-mlp/1 (1x1024 through 8 MatMul+Relu 1024x1024, seed 0, 1 thread)"
+
+
+def reference_model(width: int = 1024, layers: int = 8, seed: int = 0) -> bytes:
+    """The yardstick's ONNX model, serialized: the same bytes every time."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    nodes, inits, last = [], [], "input"
+    for i in range(layers):
+        # scaled so activations neither vanish nor blow up through the layers
+        weight = rng.normal(0, (2 / width) ** 0.5, size=(width, width)).astype(np.float32)
+        inits.append(numpy_helper.from_array(weight, f"w{i}"))
+        nodes += [
+            helper.make_node("MatMul", [last, f"w{i}"], [f"m{i}"]),
+            helper.make_node("Relu", [f"m{i}"], [f"h{i}"]),
+        ]
+        last = f"h{i}"
+    graph = helper.make_graph(
+        nodes,
+        "yardstick",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, width])],
+        [helper.make_tensor_value_info(last, TensorProto.FLOAT, [1, width])],
+        initializer=inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model.SerializeToString()
 
 
 @dataclass
 class Yardstick:
-    """A one-thread onnxruntime session of the bundle's default variant and its sample input."""
+    """A one-thread onnxruntime session of the reference workload and its fixed input."""
 
-    model_uri: str
-    cache_dir: Path
     slice_s: float = 0.25
     period_s: float = 1.0
     calls: int = 0
     seconds: float = 0.0
-    description: str = ""
+    description: str = REFERENCE
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
-        from shared.bundle import Bundle
-        from shared.onnx import OnnxModel
-        from shared.registry import RegistryClient
+        import onnxruntime as ort
 
-        registry = RegistryClient.from_environment(timeout_s=5.0, max_retries=0)
-        fetched = registry.fetch(self.model_uri, self.cache_dir)
-        bundle: Bundle = fetched.bundle
-        variant = bundle.default_variant
-        self.description = f"{fetched.name} v{fetched.version} {variant}"
-        self.model = OnnxModel.from_bundle(bundle, variant, intra_op_threads=1)
-        sample = bundle.load_array(bundle.manifest["sample_inputs"])
-        self.feeds = {self.model.inputs[0].name: np.ascontiguousarray(sample[:1])}
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1
+        options.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(
+            reference_model(), options, providers=["CPUExecutionProvider"]
+        )
+        sample = np.random.default_rng(1).normal(size=(1, 1024)).astype(np.float32)
+        self.feeds = {"input": sample}
         for _ in range(10):
-            self.model.run(self.feeds)  # warm up outside any measurement
+            self.run()  # warm up outside any measurement
+
+    def run(self) -> None:
+        self.session.run(None, self.feeds)
 
     def measure_slice(self) -> None:
         """Call the model back to back for `slice_s` seconds; add to the running totals."""
@@ -55,7 +89,7 @@ class Yardstick:
         started = time.perf_counter()
         deadline = started + self.slice_s
         while time.perf_counter() < deadline:
-            self.model.run(self.feeds)
+            self.run()
             calls += 1
         with self._lock:
             self.calls += calls

@@ -2,9 +2,12 @@
 
 Runs the load REPEATS times; takes each endpoint's median p50/p95/p99 and each service's median
 RPS. During each run it samples a calibration figure on the same machine (raw onnxruntime
-batch-1 latency of the classify bundle, outside any service: loadtests/calibration.py), and
-compares ratios to it, not absolute times from another day or machine: latency / calibration,
-RPS x calibration.
+batch-1 latency of a fixed reference workload built by loadtests/calibration.py, never the
+registry's model), and compares ratios to it, not absolute times from another day or machine:
+latency / calibration, RPS x calibration.
+Refuses (exit 2) to compare unlike with unlike: when a service serves another model name or
+variant than the baseline recorded, when the load settings differ from the baseline's, or when
+the baseline was calibrated with another yardstick; it says what differs and how to re-baseline.
 Fails (exit 1) when an endpoint's ratio regressed past its tolerance (default +25% p50, +20%
 p95, +30% p99, -15% RPS), when a baseline endpoint got no requests, or when more than 1% of
 all requests failed.
@@ -26,7 +29,7 @@ from typing import Any
 
 import httpx
 
-from loadtests.calibration import Yardstick
+from loadtests.calibration import REFERENCE, Yardstick
 from loadtests.run import (
     MAX_FAIL_RATIO,
     RUN_DEFAULTS,
@@ -148,7 +151,8 @@ def compare(
         )
     )
     lines.append(
-        "* change of the ratio to the calibration (raw onnxruntime batch-1 mean, during the runs): "
+        "* change of the ratio to the calibration (the reference workload's onnxruntime batch-1 "
+        "mean, during the runs): "
         f"baseline {baseline['calibration_ms']:.4f} ms, now {calibration_ms:.4f} ms"
     )
     return lines, regressions
@@ -203,7 +207,7 @@ class Measured:
 def measure(load: Load, args: argparse.Namespace, out_dir: Path) -> Measured:
     """REPEATS Locust runs, the yardstick sampled during each; medians over the runs."""
     digits = write_digits(out_dir / "digits.json")
-    yardstick = Yardstick(args.calibration_model, args.cache_dir)
+    yardstick = Yardstick()
     runs, times = [], []
     for repeat in range(args.repeats):
         yardstick.reset()
@@ -235,23 +239,51 @@ def parser() -> argparse.ArgumentParser:
         help='fractions per metric, e.g. "p95=0.2,rps=0.15" (LOADTEST_TOLERANCE); defaults '
         + ", ".join(f"{k.removesuffix('_ms')} {v:.0%}" for k, v in TOLERANCE.items()),
     )
-    p.add_argument(
-        "--calibration-model",
-        default=env("CALIBRATION_MODEL_URI", "models:/classify@production"),
-        help="bundle timed raw in onnxruntime as the machine's yardstick",
-    )
-    p.add_argument(
-        "--cache-dir", type=Path, default=Path(env("MODEL_CACHE_DIR", ".modelplane/cache"))
-    )
     return p
 
 
 def served(services: tuple[str, ...]) -> dict[str, Any]:
-    """The model each service was serving (its /readyz), recorded with the baseline."""
-    return {
-        name: httpx.get(f"{service_url(name)}/readyz", timeout=10).json().get("model")
-        for name in services
-    }
+    """The model each service is serving (its /readyz), recorded with the baseline; None for a
+    service that does not answer (the run then fails on its failed requests)."""
+    found: dict[str, Any] = {}
+    for name in services:
+        try:
+            found[name] = httpx.get(f"{service_url(name)}/readyz", timeout=10).json().get("model")
+        except (httpx.HTTPError, ValueError):
+            found[name] = None
+    return found
+
+
+#: what must match between the baseline and now for the figures to be comparable
+IDENTITY = ("name", "variant")
+
+
+def unlike(baseline: dict[str, Any], load: Load, now: dict[str, Any]) -> list[str]:
+    """Why this run cannot be compared with the baseline (empty: it can). A different version
+    of the same model and variant is comparable: the yardstick does not depend on it."""
+    reasons = []
+    if baseline.get("calibration_model") != REFERENCE:
+        reasons.append(
+            f"the baseline was calibrated on {baseline.get('calibration_model')!r}, this gate "
+            f"on {REFERENCE!r}"
+        )
+    recorded = {**baseline.get("load", {}), "services": list(baseline["load"]["services"])}
+    current = {**asdict(load), "services": list(load.services)}
+    for key in sorted(set(recorded) | set(current)):
+        if str(recorded.get(key)) != str(current.get(key)):
+            reasons.append(f"load {key}: baseline {recorded.get(key)!r}, now {current.get(key)!r}")
+    for name in load.services:
+        before, after = (baseline.get("served") or {}).get(name), now.get(name)
+        if before is None or after is None:
+            continue  # not recorded / not answering: the endpoint checks report it
+        differs = [
+            f"{k} {before.get(k)!r} -> {after.get(k)!r}"
+            for k in IDENTITY
+            if before.get(k) != after.get(k)
+        ]
+        if differs:
+            reasons.append(f"{name} serves another model: " + ", ".join(differs))
+    return reasons
 
 
 def write_baseline(path: Path, load: Load, measured: Measured) -> None:
@@ -272,6 +304,16 @@ def main(argv: list[str] | None = None) -> int:
     baseline = None if args.update_baseline else json.loads(args.baseline.read_text())
     # the baseline's load unless a flag or the environment says otherwise: like for like
     load = load_from(args, {**GATE_DEFAULTS, **(baseline or {}).get("load", {})})
+    if baseline is not None:
+        reasons = unlike(baseline, load, served(load.services))
+        if reasons:
+            print(
+                "REFUSED: this run is not comparable with the baseline, so no regression is "
+                "judged:\n  " + "\n  ".join(reasons) + "\nServe what the baseline served "
+                "with its load (drop SERVICES/USERS/... overrides), or measure a new baseline "
+                "for this setup: make loadtest-check ARGS=--update-baseline"
+            )
+            return 2
     out_dir = args.reports / f"check-{time.strftime('%Y%m%d-%H%M%S')}"
     measured = measure(load, args, out_dir)
     print(
@@ -281,12 +323,10 @@ def main(argv: list[str] | None = None) -> int:
     if measured.failed > MAX_FAIL_RATIO:
         print(f"FAIL: {measured.failed:.2%} of the requests failed (over {MAX_FAIL_RATIO:.0%})")
         return 1
-    if args.update_baseline:
+    if baseline is None:
         write_baseline(args.baseline, load, measured)
         print(f"baseline written to {args.baseline}")
         return 0
-    if baseline.get("calibration_model") != measured.calibration_model:
-        print(f"note: the baseline calibrated on {baseline.get('calibration_model')}")
     gated = {
         name: values
         for name, values in baseline["endpoints"].items()

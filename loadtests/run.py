@@ -134,7 +134,7 @@ LOAD_ENV = {
 RUN_DEFAULTS = {
     "services": ",".join(PORTS),
     "duration": "30s",
-    "users": 4,
+    "users": len(PORTS),  # Locust spreads users over the services: one each at least
     "spawn_rate": 2,
     "think_time": "0.1,0.5",
 }
@@ -164,6 +164,11 @@ def load_from(args: argparse.Namespace, defaults: dict[str, Any]) -> Load:
     unknown = sorted(set(services) - set(PORTS))
     if unknown:
         raise SystemExit(f"services: unknown {unknown}; known: {', '.join(PORTS)}")
+    if int(chosen["users"]) < len(services):
+        raise SystemExit(
+            f"users: {chosen['users']} for {len(services)} services; Locust would leave a "
+            "service without a user, so give each at least one (USERS)"
+        )
     return Load(
         services,
         str(chosen["duration"]),

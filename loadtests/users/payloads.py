@@ -59,3 +59,24 @@ def code_snippets(limit: int = 32, max_chars: int = 300) -> tuple[str, ...]:
     for module in ("textwrap", "fnmatch", "shlex", "calendar"):
         examples += module_examples(stdlib_root() / f"{module}.py", module)
     return tuple(e.source for e in examples if len(e.source) <= max_chars)[:limit]
+
+
+@cache
+def accepted_snippets(url: str) -> tuple[str, ...]:
+    """The `code_snippets` the summarizer served at `url` accepts (within its token limit,
+    which depends on the model: a quick model reads 64 tokens, a full one 128): each is sent
+    once with one new token, outside Locust's statistics, before the measured load."""
+    import httpx
+
+    with httpx.Client(base_url=url, timeout=30) as client:
+        accepted = tuple(
+            code
+            for code in code_snippets()
+            if client.post(
+                "/v1/text/generate", json={"text": code, "max_new_tokens": 1}
+            ).status_code
+            == 200
+        )
+    if not accepted:
+        raise RuntimeError(f"{url}: the summarizer accepts none of the load test's snippets")
+    return accepted

@@ -13,7 +13,7 @@ from loadtests.users.common import (
     user_weight,
     weighted_tasks,
 )
-from loadtests.users.payloads import code_snippets, sentences
+from loadtests.users.payloads import accepted_snippets, sentences
 
 SERVICE = "text"
 
@@ -27,7 +27,7 @@ class TextUser(FastHttpUser):
 
     def on_start(self) -> None:
         self.texts = list(sentences())
-        self.code = list(code_snippets())
+        self.code = list(accepted_snippets(self.host))
         self.rng = random.Random(len(self.texts))
 
     def classify(self) -> None:
