@@ -4,6 +4,8 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# the modelplane command (pyproject [project.scripts]); targets are thin names for it
+MP := $(VENV)/bin/modelplane
 EXTRAS ?= serve,train,similarity,text,explain,generate,dev
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
@@ -49,23 +51,20 @@ format: setup  ## ruff format + autofix
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-demo: setup  ## MLflow + train + export + serve classify, send real digits; Ctrl-C stops all
-	$(PY) -m scripts.demo $(DEMO_ARGS)
+demo: setup  ## the whole platform: MLflow, train + export what is missing, 5 services, a request each
+	$(MP) demo $(DEMO_ARGS)
 
 mlflow: setup  ## run the MLflow tracking server + registry on 127.0.0.1:5000
-	mkdir -p .modelplane/mlflow
-	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow server --backend-store-uri sqlite:///.modelplane/mlflow/mlflow.db \
-	  --artifacts-destination .modelplane/mlflow/artifacts --host 127.0.0.1 --port 5000 \
-	  --expose-prometheus .modelplane/mlflow/metrics
+	$(MP) mlflow
 
 train-classify: setup  ## train and register classify-torch@candidate (needs `make mlflow`)
-	$(PY) -m training.classify $(ARGS)
+	$(MP) train classify $(ARGS)
 
 export-classify: setup  ## export classify-torch@candidate to classify@production
-	$(PY) -m training.export classify $(ARGS)
+	$(MP) export classify $(ARGS)
 
 bench-export: setup  ## export the default classify model, print its trade-off table (needs `make mlflow`)
-	$(PY) -m training.export.bench $(ARGS)
+	$(MP) bench export $(ARGS)
 
 deploy-files: setup  ## rewrite what services/catalog.py drives: k8s/base, compose, scrape targets, serve-*, README
 	$(PY) -m scripts.deploy
@@ -74,52 +73,52 @@ deploy-files: setup  ## rewrite what services/catalog.py drives: k8s/base, compo
 # >>> serve: generated from services/catalog.py by `python -m scripts.deploy`; do not edit
 .PHONY: serve-classify serve-similarity serve-explain serve-generate serve-text
 serve-classify: setup  ## classify digits (ONNX): classify @production on 127.0.0.1:8001
-	$(PY) -m services.classify --port 8001
+	$(MP) serve classify
 
 serve-similarity: setup  ## embed, compare and search digits (ONNX + FAISS): similarity @production on 127.0.0.1:8002
-	$(PY) -m services.similarity --port 8002
+	$(MP) serve similarity
 
 serve-explain: setup  ## explain the classify model (Captum): classify @production on 127.0.0.1:8003
-	$(PY) -m services.explain --port 8003
+	$(MP) serve explain
 
 serve-generate: setup  ## generate digit images (diffusion): generate @production on 127.0.0.1:8004
-	$(PY) -m services.generate --port 8004
+	$(MP) serve generate
 
 serve-text: setup  ## language ID and code summaries: text-classify + text-generate @production on 127.0.0.1:8005
-	$(PY) -m services.text --port 8005
+	$(MP) serve text
 # <<< serve
 
 train-similarity: setup  ## train the Siamese digit encoder, register similarity-torch@candidate (needs `make mlflow`)
-	$(PY) -m training.similarity $(ARGS)
+	$(MP) train similarity $(ARGS)
 
 export-similarity: setup  ## export similarity-torch@candidate (ONNX + gallery) to similarity@production
-	$(PY) -m training.export similarity $(ARGS)
+	$(MP) export similarity $(ARGS)
 
 bench-similarity: setup  ## similarity AUC/EER/recall/mAP, ORT batch-32 throughput, search p50 over HTTP
-	$(PY) -m scripts.bench_similarity $(ARGS)
+	$(MP) bench similarity $(ARGS)
 
 train-text: setup  ## train text-classify-torch and text-generate-torch @candidate (needs `make mlflow`)
-	$(PY) -m training.text --task classify $(ARGS)
-	$(PY) -m training.text --task generate $(ARGS)
+	$(MP) train text-classify $(ARGS)
+	$(MP) train text-generate $(ARGS)
 
 export-text: setup  ## export them to text-classify / text-generate @production
-	$(PY) -m training.export text-classify
-	$(PY) -m training.export text-generate
+	$(MP) export text-classify
+	$(MP) export text-generate
 
 bench-text: setup  ## tokens/s with/without KV cache (torch, onnx), TTFT, classify fp32 vs int8 at b32
-	$(PY) -m scripts.bench_text --tracking-uri $${MLFLOW_TRACKING_URI:-http://127.0.0.1:5000} --url http://127.0.0.1:8005
+	$(MP) bench text --tracking-uri $${MLFLOW_TRACKING_URI:-http://127.0.0.1:5000} --url http://127.0.0.1:8005
 
 train-generate: setup  ## train the digits diffusion model, register generate-torch@candidate
-	$(PY) -m training.generate $(ARGS)
+	$(MP) train generate $(ARGS)
 
 export-generate: setup  ## export generate-torch@candidate to generate@production
-	$(PY) -m training.export generate $(ARGS)
+	$(MP) export generate $(ARGS)
 
-train-all: setup  ## train every model in turn (python -m training.all train; needs `make mlflow`)
-	$(PY) -m training.all train $(ARGS)
+train-all: setup  ## train every model in turn (modelplane train all; needs `make mlflow`)
+	$(MP) train all $(ARGS)
 
-export-all: setup  ## export every trained model in turn (python -m training.all export)
-	$(PY) -m training.all export $(ARGS)
+export-all: setup  ## export every trained model in turn (modelplane export all)
+	$(MP) export all $(ARGS)
 
 k8s: setup  ## regenerate k8s/base/<service>.yaml from services/catalog.py
 	$(PY) -m scripts.k8s
@@ -130,7 +129,7 @@ image-sizes: setup  ## install each image's extras into a fresh venv: size + doc
 loadtest: setup  ## Locust vs the running services (SERVICES, DURATION, USERS, SPAWN_RATE, *_URL)
 	$(PY) -m loadtests.run $(ARGS)
 
-loadtest-check: setup  ## latency regression gate vs loadtests/baseline.json (ARGS=--update-baseline)
+loadtest-check: setup  ## latency gate vs loadtests/baseline.json: 1 regressed, 2 refused (unlike setup); ARGS=--update-baseline
 	$(PY) -m loadtests.check $(ARGS)
 
 wrk:  ## install wrk (Debian package), the load generator of bench-serve and soak, if missing
@@ -138,7 +137,7 @@ wrk:  ## install wrk (Debian package), the load generator of bench-serve and soa
 	  $$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get install -y wrk; }
 
 bench-serve: setup wrk  ## classify over HTTP (wrk) vs raw onnxruntime; needs a served bundle (make demo)
-	$(PY) -m loadtests.bench_serve $(ARGS)
+	$(MP) bench serve $(ARGS)
 
 soak: setup wrk  ## classify at half its capacity for minutes: RSS and fd growth per 1,000 requests
 	$(PY) -m loadtests.soak $(ARGS)

@@ -7,7 +7,6 @@ module (`os.execv`): its output, exit status and signals are the module's own, s
 
 from __future__ import annotations
 
-import importlib
 import os
 import socket
 import sys
@@ -125,7 +124,7 @@ def main() -> None:
               "(SO_REUSEPORT; env REUSE_PORT)")  # fmt: skip
 @click.option("--set", "assignments", multiple=True, metavar="KEY=VALUE",
               help="any other setting by its name, e.g. --set max_batch_size=16 (the "
-              "environment variable KEY; docs/operations.md lists them); repeatable")  # fmt: skip
+              "environment variable KEY; README.md lists them); repeatable")  # fmt: skip
 def serve(
     service: str,
     host: str,
@@ -168,17 +167,7 @@ def serve(
 
 def settings_names(service: str) -> set[str]:
     """The setting names of a service's settings class (imports the service's module)."""
-    from shared.service import Service
-
-    module = importlib.import_module(f"{entry(service).module}.service")
-    for value in vars(module).values():
-        if (
-            isinstance(value, type)
-            and issubclass(value, Service)
-            and getattr(value, "name", "") == service
-        ):
-            return set(value.settings_class.model_fields)
-    raise LookupError(f"no Service named {service} in {module.__name__}")
+    return set(entry(service).service_class().settings_class.model_fields)
 
 
 @main.command(context_settings=PASSTHROUGH)

@@ -61,24 +61,26 @@ def serve_help(svc: ServiceEntry) -> str:
 def make_serve_targets() -> str:
     targets = " ".join(f"serve-{svc.name}" for svc in SERVICES)
     rules = "\n".join(
-        f"serve-{svc.name}: setup  ## {serve_help(svc)}\n"
-        f"\t$(PY) -m {svc.module} --port {svc.port}\n"
+        f"serve-{svc.name}: setup  ## {serve_help(svc)}\n\t$(MP) serve {svc.name}\n"
         for svc in SERVICES
     )
     return f".PHONY: {targets}\n{rules}"
 
 
+def routes(svc: ServiceEntry) -> str:
+    """The task routes a service declares (imports it), e.g. `POST /v1/classify`."""
+    endpoints = svc.service_class().endpoints
+    return ", ".join(f"`{e.method} {e.path}`" for e in endpoints)
+
+
 def readme_table() -> str:
     rows = [
-        "| service | port | image | extra | serves (`@production`) | what |",
-        "|---|---|---|---|---|---|",
+        "| service | port | serves (`@production`) | task routes | what |",
+        "|---|---|---|---|---|",
     ]
     for svc in SERVICES:
         models = ", ".join(f"`{m}`" for m in svc.models)
-        rows.append(
-            f"| `{svc.name}` | {svc.port} | `{svc.image}` | `{svc.extra}` | {models} "
-            f"| {svc.summary} |"
-        )
+        rows.append(f"| `{svc.name}` | {svc.port} | {models} | {routes(svc)} | {svc.summary} |")
     return "\n".join(rows) + "\n"
 
 

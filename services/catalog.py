@@ -9,7 +9,9 @@ Pure data, stdlib only: scripts, load tests and every `python -m services.<name>
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,16 @@ class ServiceEntry:
     @property
     def local_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    def service_class(self) -> Any:
+        """The `shared.service.Service` subclass named `name` in services/<name>/service.py
+        (imports the service: its runtime dependencies must be installed)."""
+        module = importlib.import_module(f"{self.module}.service")
+        for value in vars(module).values():
+            if isinstance(value, type) and getattr(value, "name", None) == self.name:
+                if hasattr(value, "endpoints"):
+                    return value
+        raise LookupError(f"{module.__name__} declares no service named {self.name!r}")
 
 
 SERVICES: tuple[ServiceEntry, ...] = (

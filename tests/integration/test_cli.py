@@ -59,6 +59,14 @@ def test_pass_through_help_is_the_jobs_own() -> None:
     assert "python -m training.classify" in shown.stdout and "--epochs" in shown.stdout
 
 
+def test_every_job_takes_quick() -> None:
+    """`modelplane export all --quick` (and `up`) pass --quick to every export: each accepts
+    it (the training jobs' --quick is run by their own tests)."""
+    for task in ("classify", "similarity", "text-classify", "text-generate", "generate"):
+        shown = modelplane("export", task, "--help")
+        assert shown.returncode == 0 and "--quick" in shown.stdout, task
+
+
 def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
     assert result.returncode != 0
     assert "Traceback" not in result.stderr

@@ -136,7 +136,7 @@ def test_readme_table_lists_the_catalog_names_and_ports() -> None:
 def test_makefile_serves_every_service_on_its_port_and_installs_its_extra() -> None:
     text = (ROOT / "Makefile").read_text()
     serve = re.findall(
-        r"^serve-([a-z-]+): .*\n\t\$\(PY\) -m services\.\1 --port (\d+)$", text, re.M
+        r"^serve-([a-z-]+): .* on 127\.0\.0\.1:(\d+)\n\t\$\(MP\) serve \1$", text, re.M
     )
     assert serve == [(s.name, str(s.port)) for s in SERVICES]
     extras = re.search(r"^EXTRAS \?= (\S+)$", text, flags=re.M)

@@ -30,11 +30,14 @@ def main(argv: list[str] | None = None) -> int:
         "--threads", type=int, default=0, help="torch/onnxruntime threads (0 = cores)"
     )
     parser.add_argument("--timing-runs", type=int, default=3, help="generations timed per variant")
+    parser.add_argument("--quick", action="store_true", help="one timed generation per variant")
     parser.add_argument("--cache-dir", type=Path, default=Path(".modelplane/export-cache"))
     parser.add_argument(
         "--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
     )
     args = parser.parse_args(argv)
+    if args.quick:
+        args.timing_runs = 1
     return export_generate(
         tracking_uri=args.tracking_uri,
         source=args.source,
