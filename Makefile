@@ -13,7 +13,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 	export-classify train-generate export-generate \
 	train-similarity export-similarity bench-similarity \
 	train-text export-text bench-text \
-	loadtest loadtest-check train-all export-all k8s image-sizes wrk bench-serve soak bench-export clean
+	loadtest loadtest-check train-all export-all k8s image-sizes images test-stack image-check wrk bench-serve soak bench-export clean
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -37,10 +37,11 @@ tools:  ## install the system tools the tests use (Debian packages), if missing
 	  echo "==> installing $$tool (Debian package)"; \
 	  $$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get install -y $$tool; }; done
 
-test: setup tools  ## run lint, the import contracts and the whole test suite
+test: setup tools  ## lint, import contracts, the whole suite, then the serve-onnx image for real
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/pytest
+	@$(MAKE) --no-print-directory image-check
 
 lint: setup  ## ruff lint, format check and the import contracts
 	$(VENV)/bin/ruff check .
@@ -125,6 +126,27 @@ k8s: setup  ## regenerate k8s/base/<service>.yaml from services/catalog.py
 
 image-sizes: setup  ## install each image's extras into a fresh venv: size + docker/constraints-*.txt
 	$(PY) -m scripts.image_sizes $(ARGS)
+
+# Images and the compose stack for real (docs/deployment.md). Docker's engine, debootstrap and
+# docker-compose are Debian packages; the scripts start dockerd when none runs and stop it after.
+.PHONY: images test-stack image-check
+DOCKER_PACKAGES := docker.io debootstrap docker-compose
+define docker-tools
+@command -v dockerd >/dev/null || test -x /usr/sbin/dockerd && command -v debootstrap >/dev/null \
+  && command -v docker-compose >/dev/null || { echo "==> installing $(DOCKER_PACKAGES) (Debian)"; \
+  $$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get install -y $(DOCKER_PACKAGES); }
+endef
+images: setup  ## build docker/Dockerfile's 4 images (no registry: Debian base + wheelhouse); sizes
+	$(docker-tools)
+	$(PY) -m scripts.images $(ARGS)
+
+test-stack: setup  ## compose in containers: train, export, 5 services, Prometheus, alias, hardening
+	$(docker-tools)
+	$(PY) -m scripts.stack $(ARGS)
+
+image-check: setup  ## CI's light check: build serve-onnx, run classify from a bundle, one request
+	$(docker-tools)
+	$(PY) -m scripts.image_smoke
 
 loadtest: setup  ## Locust vs the running services (SERVICES, DURATION, USERS, SPAWN_RATE, *_URL)
 	$(PY) -m loadtests.run $(ARGS)

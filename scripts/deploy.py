@@ -2,8 +2,9 @@
 
 k8s/base/<name>.yaml whole (scripts/k8s.py); in the hand-written files, only the regions between
 a `>>> <region>:` and a `<<< <region>` marker line: docker-compose.yml's service blocks and
-cache volumes, observability/prometheus.yml's scrape targets, the Makefile's serve-* targets and
-README.md's services table. tests/unit/test_catalog.py fails when a committed file differs from
+cache volumes, docker-compose.host.yml's host names and service blocks,
+observability/prometheus.yml's scrape targets, the Makefile's serve-* targets and README.md's
+services table. tests/unit/test_catalog.py fails when a committed file differs from
 what this writes (`make deploy-files`).
 """
 
@@ -33,7 +34,7 @@ def compose_services() -> str:
             )
         lines += [
             f"    image: {k8s.image(svc.image)}",
-            f'    command: ["python", "-m", "{svc.module}"]',
+            f'    command: ["modelplane", "serve", "{svc.name}"]',
             f'    environment: {{<<: *service-env, PORT: "{svc.port}"}}',
             f'    ports: ["127.0.0.1:{svc.port}:{svc.port}"]',
             f'    volumes: ["cache-{svc.name}:{CACHE}"]',
@@ -44,6 +45,19 @@ def compose_services() -> str:
 
 def compose_volumes() -> str:
     return "".join(f"  cache-{svc.name}:\n" for svc in SERVICES)
+
+
+def host_names() -> str:
+    """docker-compose.host.yml: each service's name resolves to loopback (extra_hosts)."""
+    return "".join(f"    - {svc.name}:127.0.0.1\n" for svc in SERVICES)
+
+
+def host_services() -> str:
+    """docker-compose.host.yml: each service on the host network, bound to loopback."""
+    return "\n".join(
+        f"  {svc.name}:\n    <<: *host\n    environment: {{<<: *registry, HOST: 127.0.0.1}}\n"
+        for svc in SERVICES
+    )
 
 
 def scrape_targets() -> str:
@@ -87,6 +101,7 @@ def readme_table() -> str:
 #: file -> region -> its body
 REGIONS: dict[str, dict[str, Callable[[], str]]] = {
     "docker-compose.yml": {"services": compose_services, "volumes": compose_volumes},
+    "docker-compose.host.yml": {"hosts": host_names, "services": host_services},
     "observability/prometheus.yml": {"targets": scrape_targets},
     "Makefile": {"serve": make_serve_targets},
     "README.md": {"services": readme_table},

@@ -108,7 +108,7 @@ def deployment(svc: ServiceEntry) -> dict[str, Any]:
         "name": svc.name,
         "image": image(svc.image),
         "imagePullPolicy": "IfNotPresent",
-        "command": ["python", "-m", svc.module],
+        "command": ["modelplane", "serve", svc.name],
         "ports": [
             {"name": "http", "containerPort": svc.port},
             {"name": "metrics", "containerPort": METRICS_PORT},

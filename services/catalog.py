@@ -51,9 +51,9 @@ class ServiceEntry:
         (imports the service: its runtime dependencies must be installed)."""
         module = importlib.import_module(f"{self.module}.service")
         for value in vars(module).values():
-            if isinstance(value, type) and getattr(value, "name", None) == self.name:
-                if hasattr(value, "endpoints"):
-                    return value
+            named = isinstance(value, type) and getattr(value, "name", None) == self.name
+            if named and hasattr(value, "endpoints"):
+                return value
         raise LookupError(f"{module.__name__} declares no service named {self.name!r}")
 
 

@@ -154,7 +154,7 @@ class RegistryClient:
         """Every registered model, by name, with its aliases and its versions newest first
         (MLflow's REST API: an http(s) tracking URI)."""
         if not self.tracking_uri.startswith(("http://", "https://")):
-            raise RegistryError(f"listing models needs an http(s) registry, not {self.tracking_uri}")
+            raise RegistryError(f"listing models needs an http(s) registry: {self.tracking_uri}")
         models = []
         for found in self._rest_pages("registered-models/search", "registered_models"):
             name = found["name"]

@@ -77,7 +77,7 @@ def test_k8s_base_holds_one_generated_file_per_service_and_kustomize_lists_them(
         }
         container = docs["Deployment"]["spec"]["template"]["spec"]["containers"][0]
         assert container["image"] == k8s.image(svc.image)
-        assert container["command"] == ["python", "-m", f"services.{svc.name}"]
+        assert container["command"] == ["modelplane", "serve", svc.name]
         assert {"name": "http", "containerPort": svc.port} in container["ports"]
         assert {"name": "http", "port": svc.port, "targetPort": "http"} in docs["Service"]["spec"][
             "ports"
@@ -92,13 +92,13 @@ def test_compose_runs_exactly_the_catalog_services_on_their_ports() -> None:
     serving = {
         name
         for name, spec in services.items()
-        if str(spec.get("command", [""])[-1]).startswith("services.")
+        if spec.get("command", [])[:2] == ["modelplane", "serve"]
     }
     assert serving == set(NAMES)
     for svc in SERVICES:
         spec = services[svc.name]
         assert spec["image"] == k8s.image(svc.image)
-        assert spec["command"] == ["python", "-m", f"services.{svc.name}"]
+        assert spec["command"] == ["modelplane", "serve", svc.name]
         assert spec["environment"]["PORT"] == str(svc.port)
         assert spec["ports"] == [f"127.0.0.1:{svc.port}:{svc.port}"]
         assert f"cache-{svc.name}" in compose["volumes"]

@@ -118,7 +118,7 @@ def test_compose_runs_the_same_images_commands_and_ports_as_k8s(compose: dict[st
     for svc in SERVICES:
         entry = services[svc.name]
         assert entry["image"] == k8s.image(svc.image)
-        assert entry["command"] == ["python", "-m", f"services.{svc.name}"]
+        assert entry["command"] == ["modelplane", "serve", svc.name]
         assert entry["environment"]["PORT"] == str(svc.port)
         assert entry["depends_on"]["mlflow"]["condition"] == "service_healthy"
         assert entry["read_only"] is True and entry["user"] == "10001:10001"
@@ -130,7 +130,7 @@ def test_compose_runs_the_same_images_commands_and_ports_as_k8s(compose: dict[st
         assert published == {svc.port}
     for job in ("train", "export"):
         assert services[job]["profiles"] == ["train"]
-        assert services[job]["command"][:3] == ["python", "-m", "training.all"]
+        assert services[job]["command"] == ["modelplane", job, "all"]
 
 
 def test_every_setting_compose_and_k8s_pass_is_in_the_readme(compose: dict[str, Any]) -> None:
