@@ -170,6 +170,17 @@ def settings_names(service: str) -> set[str]:
     return set(entry(service).service_class().settings_class.model_fields)
 
 
+def run_stage(ctx: click.Context, stage: str, task: str | None, args: tuple[str, ...]) -> None:
+    """Become TASK's job of `stage` (training.all's table), or every task's with `all`."""
+    task = choose(ctx, task, (*TASKS, "all"), "task")
+    if "--help" not in args and "-h" not in args:
+        require_registry(registry_uri())
+    if task == "all":
+        run_module("training.all", [stage, *args])
+    module, *fixed = STEPS[stage][task]
+    run_module(module, [*fixed, *args])
+
+
 @main.command(context_settings=PASSTHROUGH)
 @click.argument("task", required=False)
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
@@ -181,13 +192,7 @@ def train(ctx: click.Context, task: str | None, args: tuple[str, ...]) -> None:
     in turn). Options after TASK go to the job: `modelplane train classify --help` lists
     them; --quick trains a tiny model in seconds.
     """
-    task = choose(ctx, task, (*TASKS, "all"), "task")
-    if "--help" not in args and "-h" not in args:
-        require_registry(registry_uri())
-    if task == "all":
-        run_module("training.all", ["train", *args])
-    module, *fixed = STEPS["train"][task]
-    run_module(module, [*fixed, *args])
+    run_stage(ctx, "train", task, args)
 
 
 @main.command(context_settings=PASSTHROUGH)
@@ -201,13 +206,7 @@ def export(ctx: click.Context, task: str | None, args: tuple[str, ...]) -> None:
     `train`. Options after TASK go to the export stage: `modelplane export classify --help`
     lists them (variants, pruning, quantization, the gates).
     """
-    task = choose(ctx, task, (*TASKS, "all"), "task")
-    if "--help" not in args and "-h" not in args:
-        require_registry(registry_uri())
-    if task == "all":
-        run_module("training.all", ["export", *args])
-    module, *fixed = STEPS["export"][task]
-    run_module(module, [*fixed, *args])
+    run_stage(ctx, "export", task, args)
 
 
 @main.command(context_settings=PASSTHROUGH)
