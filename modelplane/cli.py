@@ -74,14 +74,20 @@ def require_registry(uri: str) -> None:
         )
 
 
-def require_free_port(host: str, port: int) -> None:
+def port_in_use(host: str, port: int) -> str | None:
+    """Why `host:port` cannot be bound now (e.g. "Address already in use"), or None."""
     with socket.socket() as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError as exc:
-            fail(f"port {port} on {host} is in use ({exc.strerror}); stop what runs there or "
-                 "pass --port")  # fmt: skip
+            return exc.strerror or str(exc)
+    return None
+
+
+def require_free_port(host: str, port: int) -> None:
+    if reason := port_in_use(host, port):
+        fail(f"port {port} on {host} is in use ({reason}); stop what runs there or pass --port")
 
 
 def choose(ctx: click.Context, value: str | None, choices: Sequence[str], what: str) -> str:

@@ -24,9 +24,10 @@ from typing import Any
 import click
 import httpx
 
+from modelplane.cli import port_in_use
 from services.catalog import SERVICES
 from shared.errors import RegistryError
-from shared.registry import RegistryClient
+from shared.registry import RegistryClient, is_not_found
 from training.all import STEPS, commands
 
 STATE = Path(".modelplane")
@@ -93,13 +94,6 @@ class Stack:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
             print(f"    stopped {name} (pid {proc.pid})", flush=True)
-
-
-def port_free(port: int) -> bool:
-    import socket
-
-    with socket.socket() as sock:
-        return sock.connect_ex(("127.0.0.1", port)) != 0
 
 
 @dataclass(frozen=True)
@@ -202,12 +196,12 @@ def samples() -> dict[str, list[Sample]]:
     }
 
 
-def ask(client: httpx.Client, sample: Sample) -> tuple[str, float]:
+def ask(client: httpx.Client, sample: Sample) -> tuple[str, float | None]:
     """Send the sample once (warm-up: connection, caches) and then TIMED times on the same
-    keep-alive connection; its answer and the median round trip in ms."""
+    keep-alive connection; its answer and the median round trip in ms (None: not a 200)."""
     answer = client.post(sample.path, **sample.request)
     if answer.status_code != 200:
-        return f"HTTP {answer.status_code}: {answer.text[:200]}", float("nan")
+        return f"HTTP {answer.status_code}: {answer.text[:200]}", None
     times = []
     for _ in range(TIMED):
         started = time.perf_counter()
@@ -234,7 +228,7 @@ class Platform:
         busy = [
             f"{port} ({name})"
             for name, port in [("mlflow", self.mlflow_port), *((s.name, s.port) for s in SERVICES)]
-            if not port_free(port)
+            if port_in_use("127.0.0.1", port)
         ]
         if busy:
             raise click.ClickException(
@@ -333,8 +327,9 @@ class Platform:
             with httpx.Client(base_url=svc.local_url, timeout=120) as client:
                 for sample in sent:
                     answer, ms = ask(client, sample)
-                    failed += ms != ms  # NaN: not answered with a 200
-                    print(f"    {svc.name:<10} {sample.title}: {answer}   ({ms:.1f} ms)")
+                    failed += ms is None
+                    timing = "failed" if ms is None else f"{ms:.1f} ms"
+                    print(f"    {svc.name:<10} {sample.title}: {answer}   ({timing})")
         return failed
 
     def print_urls(self) -> None:
@@ -350,6 +345,6 @@ def alias_version(registry: RegistryClient, name: str, alias: str = "production"
     try:
         return registry.resolve_version(f"models:/{name}@{alias}")
     except RegistryError as exc:
-        if getattr(exc, "error_code", "") in {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"}:
+        if is_not_found(exc):
             return None
         raise

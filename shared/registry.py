@@ -132,7 +132,7 @@ class RegistryClient:
         try:
             version, run_id, manifest_sha = self._resolve(ref)
         except Exception as exc:
-            if _is_not_found(exc):
+            if is_not_found(exc):
                 raise RegistryError(f"{ref} does not exist in the registry: {exc}") from exc
             return from_cache_only(ref, cache, exc)
 
@@ -305,7 +305,8 @@ def _manifest_matches(bundle: Bundle, expected_sha: str) -> bool:
     return not expected_sha or sha256_file(bundle.path / MANIFEST) == expected_sha
 
 
-def _is_not_found(exc: Exception) -> bool:
+def is_not_found(exc: Exception) -> bool:
+    """The registry said the model, version or alias does not exist (not: it is down)."""
     code = getattr(exc, "error_code", "")
     return code in {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"}
 
