@@ -189,7 +189,10 @@ def test_service_user_runs_live_without_failures(service: str, cache: Path, tmp_
     """A service's Locust user against a real process of it serving a tiny bundle."""
     seed, endpoints = LIVE_USERS[service]
     seed(tmp_path / "cache")
+    # no think time: hundreds of requests, so even the lightest-weighted task (similarity's
+    # embed, 1 in 7) is all but certain to be picked; with pauses ~25 requests left it out 2%
     load = ["--services", service, "--users", "2", "--spawn-rate", "2", "--duration", "4s"]
+    load += ["--think-time", "0"]
     with serve_cached(service, tmp_path / "cache", tmp_path / f"{service}.log") as served:
         done = loadtest("run", served.url, cache, *load, "--reports", str(tmp_path / "reports"))
     assert done.returncode == 0, done.stdout + done.stderr
