@@ -7,6 +7,9 @@ module (`os.execv`): its output, exit status and signals are the module's own, s
 
 from __future__ import annotations
 
+import ast
+import importlib.util
+import inspect
 import os
 import socket
 import sys
@@ -20,6 +23,7 @@ import click
 
 from services.catalog import SERVICES, entry
 from training.all import STEPS
+from training.studies import STUDIES
 
 ROOT = Path(__file__).resolve().parents[1]
 TASKS = tuple(STEPS["train"])
@@ -88,6 +92,15 @@ def port_in_use(host: str, port: int) -> str | None:
 def require_free_port(host: str, port: int) -> None:
     if reason := port_in_use(host, port):
         fail(f"port {port} on {host} is in use ({reason}); stop what runs there or pass --port")
+
+
+def study_summary(module: str) -> str:
+    """The first line of a study module's docstring, read without importing it (torch)."""
+    spec = importlib.util.find_spec(module)
+    if spec is None or spec.origin is None:
+        return ""
+    doc = ast.get_docstring(ast.parse(Path(spec.origin).read_text()))
+    return (doc or "").splitlines()[0] if doc else ""
 
 
 def choose(ctx: click.Context, value: str | None, choices: Sequence[str], what: str) -> str:
@@ -231,6 +244,30 @@ def bench(ctx: click.Context, what: str | None, args: tuple[str, ...]) -> None:
     Options after WHAT go to the benchmark (`modelplane bench serve --help`).
     """
     run_module(BENCHES[choose(ctx, what, tuple(BENCHES), "benchmark")], args)
+
+
+@main.command(context_settings=PASSTHROUGH)
+@click.argument("name", required=False)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+@click.pass_context
+def study(ctx: click.Context, name: str | None, args: tuple[str, ...]) -> None:
+    """Run a course study: small models side by side, one MLflow parent run, a table.
+
+    NAME is one of the studies below; options after NAME go to the study (`modelplane study
+    NAME --help`); --quick runs it in seconds. Studies log to MLflow (MLFLOW_TRACKING_URI)
+    and register nothing.
+    """
+    name = choose(ctx, name, tuple(sorted(STUDIES)), "study")
+    if "--help" not in args and "-h" not in args:
+        require_registry(registry_uri())
+    run_module(STUDIES[name], args)
+
+
+study.help = (
+    inspect.cleandoc(study.help or "")
+    + "\n\n\b\nNAME:\n"
+    + "".join(f"  {name:<14}{study_summary(module)}\n" for name, module in sorted(STUDIES.items()))
+)
 
 
 @main.command(context_settings={"help_option_names": ["-h", "--help"]})

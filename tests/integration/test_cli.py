@@ -4,6 +4,7 @@ MLflow registry and a running service."""
 
 from __future__ import annotations
 
+import importlib
 import os
 import signal
 import socket
@@ -65,6 +66,19 @@ def test_every_job_takes_quick() -> None:
     for task in ("classify", "similarity", "text-classify", "text-generate", "generate"):
         shown = modelplane("export", task, "--help")
         assert shown.returncode == 0 and "--quick" in shown.stdout, task
+
+
+def test_study_help_lists_every_study_with_its_summary() -> None:
+    from training.studies import STUDIES
+
+    shown = modelplane("study", "--help")
+    assert shown.returncode == 0, shown.stderr
+    listed = shown.stdout.split("NAME:", 1)[1]
+    for name, module in STUDIES.items():
+        summary = importlib.import_module(module).__doc__.splitlines()[0]
+        assert f"  {name}" in listed and summary[:40] in " ".join(listed.split()), name
+    unknown = modelplane("study", "nope")
+    assert unknown.returncode != 0 and "unknown study 'nope'" in unknown.stderr
 
 
 def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
