@@ -1,8 +1,13 @@
-"""Attribution methods, all through Captum, on one classify network.
+"""Attribution methods on one classify network: Captum's, and the original CAM.
 
 `Explainer.attribute` returns raw attributions at the model's input resolution: (N, C, H, W)
-for pixel methods and (N, 1, H, W) for Grad-CAM (upsampled bilinearly from its layer). `to_map`
-reduces one of them to an (H, W) map normalized to max |value| = 1.
+for pixel methods and (N, 1, H, W) for Grad-CAM and CAM (upsampled bilinearly from their
+layer). `to_map` reduces one of them to an (H, W) map normalized to max |value| = 1.
+
+CAM (Zhou et al. 2016) needs no gradient: in a network that global-average-pools its last
+feature map A (K, h, w) into a linear head, the target's logit is bias + mean over the map of
+sum_k w_k A_k, so that weighted sum is the class's own evidence map at the last block's
+resolution. Grad-CAM generalizes it to any layer.
 """
 
 from __future__ import annotations
@@ -97,11 +102,25 @@ def block_layers(model: nn.Module, maps: dict[str, tuple[int, int, int]]) -> lis
     return [name for name in ordered if name in maps]
 
 
-def default_layer(model: nn.Module, maps: dict[str, tuple[int, int, int]]) -> str:
-    """The last conv block whose map is at least 2x2 (a 1x1 Grad-CAM says nothing spatial)."""
+def cam_candidates(
+    model: nn.Module, maps: dict[str, tuple[int, int, int]]
+) -> dict[str, tuple[int, int]]:
+    """The conv blocks Grad-CAM's default layer is chosen from, name -> map (h, w), shallowest
+    first (`models.fidelity.best_layer` measures them)."""
     blocks = [n for n in block_layers(model, maps) if "block" in n or "layer" in n] or list(maps)
-    spatial = [n for n in blocks if maps[n][1] >= 2 and maps[n][2] >= 2]
-    return (spatial or blocks)[-1]
+    return {name: (maps[name][1], maps[name][2]) for name in blocks}
+
+
+def cam_source(model: nn.Module) -> tuple[str, bool] | None:
+    """(module whose map the global-average-pooled head reads, whether a ReLU follows it), or
+    None for a network that is not one of the classify architectures (no CAM)."""
+    from torchvision.models import DenseNet, ResNet
+
+    if isinstance(model, ResNet):
+        return "layer4", False
+    if isinstance(model, DenseNet):  # forward: relu(features) -> GAP -> classifier
+        return "features", True
+    return None
 
 
 def first_conv(model: nn.Module) -> tuple[str, nn.Conv2d]:
@@ -131,7 +150,7 @@ def evaluations(method: str, params: MethodParams, spec: ImageSpec) -> int:
         return 2
     if method == "random":
         return 0
-    return 1
+    return 1  # saliency, guided backprop, Grad-CAM, CAM: one pass
 
 
 class Explainer:
@@ -142,6 +161,7 @@ class Explainer:
         self.spec = spec
         self.layers = layers
         self.black = black_input(spec)
+        self.cam = cam_source(model)
 
     @classmethod
     def build(cls, model: nn.Module, spec: ImageSpec) -> Explainer:
@@ -178,6 +198,8 @@ class Explainer:
         self, x: torch.Tensor, target: int | torch.Tensor, method: str, params: MethodParams
     ) -> torch.Tensor:
         """Raw attributions of `x` (N, C, H, W) for `target`, at the input resolution."""
+        if method == "cam":
+            return self._upsample(self.class_activation(x, target))
         x = x.detach().clone().requires_grad_(True)
         with torch.enable_grad(), _quiet_guided(method, params):
             if method == "smoothgrad":
@@ -185,6 +207,25 @@ class Explainer:
             attribution, kwargs = self._method(method, x, params)
             out = attribution.attribute(x, target=target, **kwargs)
         return self._upsample(out.detach())
+
+    @torch.no_grad()
+    def class_activation(self, x: torch.Tensor, target: int | torch.Tensor) -> torch.Tensor:
+        """CAM at its layer's resolution, (N, 1, h, w): sum_k w[target, k] * A_k."""
+        if self.cam is None:
+            raise ValueError(f"CAM needs a GAP + linear head; {type(self.model).__name__} has none")
+        from models.classify import head_name
+
+        name, relu = self.cam
+        captured: list[torch.Tensor] = []
+        handle = self.layers[name].register_forward_hook(lambda _, __, out: captured.append(out))
+        try:
+            self.model(x)
+        finally:
+            handle.remove()
+        features = torch.relu(captured[0]) if relu else captured[0]
+        weight = getattr(self.model, head_name(self.model)).weight  # (classes, K)
+        rows = weight[torch.as_tensor(target).expand(len(x))]  # (N, K)
+        return torch.einsum("nk,nkhw->nhw", rows, features)[:, None]
 
     def _method(self, method: str, x: torch.Tensor, params: MethodParams) -> tuple[Any, dict]:
         model = self.model

@@ -14,6 +14,7 @@ BASELINE_METHODS = ("random",)
 
 Method = Literal[
     "saliency",
+    "cam",
     "integrated_gradients",
     "grad_cam",
     "guided_backprop",
@@ -22,7 +23,7 @@ Method = Literal[
     "smoothgrad",
 ]
 GradientMethod = Literal[
-    "saliency", "integrated_gradients", "grad_cam", "guided_backprop", "guided_grad_cam"
+    "saliency", "cam", "integrated_gradients", "grad_cam", "guided_backprop", "guided_grad_cam"
 ]
 METHODS: tuple[str, ...] = get_args(Method)
 GRADIENT_METHODS: tuple[str, ...] = get_args(GradientMethod)
@@ -32,6 +33,7 @@ _CAM = {"layer"}
 #: which `params` apply to which method; any other is a 422 (not silently ignored)
 PARAMS_OF: dict[str, set[str]] = {
     "saliency": set(),
+    "cam": set(),
     "integrated_gradients": _IG,
     "grad_cam": _CAM,
     "guided_backprop": set(),

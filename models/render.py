@@ -96,6 +96,13 @@ def plane_grid(
     return canvas
 
 
+def filter_grid(weights: np.ndarray) -> Image.Image:
+    """A conv's filters (out, in, k, k) as the gray input sees them (summed over input channels,
+    which are copies of one gray plane), one tile each."""
+    planes = weights.sum(axis=1)
+    return plane_grid(planes, [str(i) for i in range(len(planes))], tile=32, cols=16)
+
+
 def rows(images: list[Image.Image]) -> Image.Image:
     """Stack equal-width images vertically (a report grid, one row per example)."""
     width = max(image.width for image in images)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -71,8 +72,44 @@ def write_clip_tokenizer(directory: Path) -> None:
     tokenizer.save_pretrained(directory)
 
 
-def tiny_stable_diffusion(directory: Path, seed: int = 0) -> Path:
-    """Build, save (safetensors) and return a tiny StableDiffusionPipeline directory."""
+def tiny_safety_checker(flag_all: bool) -> tuple[Any, Any]:
+    """diffusers' StableDiffusionSafetyChecker over a tiny CLIP vision tower, and its image
+    processor. Its concept thresholds make the verdict certain: an image is flagged when a
+    cosine similarity exceeds its threshold, so -2 flags every image and +2 none."""
+    from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+    from transformers import CLIPConfig, CLIPImageProcessor
+
+    config = CLIPConfig(
+        text_config={
+            "hidden_size": 16,
+            "intermediate_size": 32,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+        },
+        vision_config={
+            "hidden_size": 16,
+            "intermediate_size": 32,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "image_size": 16,
+            "patch_size": 8,
+        },
+        projection_dim=8,
+    )
+    checker = StableDiffusionSafetyChecker(config).eval()
+    threshold = -2.0 if flag_all else 2.0
+    with torch.no_grad():
+        checker.concept_embeds_weights.fill_(threshold)
+        checker.special_care_embeds_weights.fill_(threshold)
+    processor = CLIPImageProcessor(
+        size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16}
+    )
+    return checker, processor
+
+
+def tiny_stable_diffusion(directory: Path, seed: int = 0, safety: str | None = None) -> Path:
+    """Build, save (safetensors) and return a tiny StableDiffusionPipeline directory; with
+    `safety` ("flag-all" or "flag-none") it carries a tiny safety checker of that verdict."""
     from diffusers import (
         AutoencoderKL,
         PNDMScheduler,
@@ -126,15 +163,20 @@ def tiny_stable_diffusion(directory: Path, seed: int = 0) -> Path:
         skip_prk_steps=True,
         steps_offset=1,
     )
+    checker, processor = (None, None)
+    if safety is not None:
+        checker, processor = tiny_safety_checker(
+            flag_all={"flag-all": True, "flag-none": False}[safety]
+        )
     pipeline = StableDiffusionPipeline(
         vae=vae,
         text_encoder=text_encoder,
         tokenizer=tokenizer,
         unet=unet,
         scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
+        safety_checker=checker,
+        feature_extractor=processor,
+        requires_safety_checker=safety is not None,
     )
     pipeline.save_pretrained(directory, safe_serialization=True)
     return directory

@@ -145,6 +145,5 @@ def run_filters(explainer: Explainer) -> dict[str, Any]:
     """The first conv's filters as the gray input sees them (summed over repeated channels)."""
     name, conv = first_conv(explainer.model)
     weights = conv.weight.detach().numpy()
-    planes = weights.sum(axis=1)
-    grid = render.plane_grid(planes, [str(i) for i in range(len(planes))], tile=32, cols=16)
+    grid = render.filter_grid(weights)
     return {"layer": name, "shape": list(weights.shape), "grid": render.png_base64(grid)}

@@ -17,11 +17,12 @@ from PIL import Image
 from models.attribution import (
     Explainer,
     block_layers,
-    default_layer,
+    cam_candidates,
     evaluations,
     feature_maps,
     first_conv,
 )
+from models.fidelity import LayerScore, best_layer, layer_scores
 from models.fidelity import evaluations as fidelity_evaluations
 from models.methods import METHODS, PARAMS_OF, MethodParams
 from services.explain import jobs
@@ -51,6 +52,8 @@ WEIGHTS_VARIANT = "torch"
 _CAM_METHODS = ("grad_cam", "guided_grad_cam")
 # A torch bundle's sample outputs come from the fp32 ONNX export; parity there is 1e-4.
 _SMOKE_ATOL = 1e-3
+#: sample inputs Grad-CAM's default layer is measured on at load
+_LAYER_SAMPLES = 8
 
 
 class ExplainModel(ModelService):
@@ -79,7 +82,10 @@ class ExplainModel(ModelService):
         model = load_torch_bundle(bundle)
         self.maps = feature_maps(model, self.spec)
         self.blocks = block_layers(model, self.maps)
-        self.default_layer = default_layer(model, self.maps)
+        self.candidates = cam_candidates(model, self.maps)
+        self.default_layer = list(self.candidates)[-1]  # until warmup has measured them
+        self.layer_choice: list[LayerScore] = []
+        self.layer_samples = 0
         self.first_conv = first_conv(model)[0]
         replicas = [Explainer.build(model, self.spec)]
         replicas += [Explainer.build(copy.deepcopy(model), self.spec) for _ in range(workers - 1)]
@@ -89,7 +95,8 @@ class ExplainModel(ModelService):
         self.reference = replicas[0]
 
     def warmup(self) -> None:
-        """Check the torch weights against the fp32 export's outputs, then explain once."""
+        """Check the torch weights against the fp32 export's outputs, then choose Grad-CAM's
+        default layer by measuring each block on the sample inputs (explaining warms up)."""
         sample, expected = parity_reference(self.bundle)
         with torch.no_grad():
             logits = self.reference.model(torch.from_numpy(sample)).numpy()
@@ -100,8 +107,16 @@ class ExplainModel(ModelService):
                 f"(> {_SMOKE_ATOL:.0e}): the bundle's weights are not its ONNX model's"
             )
         log.info("torch weights agree with the fp32 export: max abs diff %.2e", diff)
-        black = self.reference.black
-        self.reference.attribute(black, 0, "saliency", MethodParams())
+        samples = torch.from_numpy(sample[:_LAYER_SAMPLES])
+        self.layer_choice = layer_scores(self.reference, self.candidates, samples)
+        self.default_layer = best_layer(self.layer_choice)
+        self.layer_samples = len(samples)
+        log.info(
+            "Grad-CAM default layer %s, measured on %d sample inputs: %s",
+            self.default_layer,
+            len(samples),
+            [s.to_dict() for s in self.layer_choice],
+        )
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -113,6 +128,11 @@ class ExplainModel(ModelService):
             "params_of": {m: sorted(PARAMS_OF[m]) for m in (*METHODS, "random")},
             "max_evaluations": MAX_EVALUATIONS,
             "default_layer": self.default_layer,
+            "default_layer_choice": {
+                "rule": "highest insertion - deletion AUC of Grad-CAM among maps >= 2x2",
+                "measured_on": f"{self.layer_samples} sample inputs of the bundle",
+                "layers": [s.to_dict() for s in self.layer_choice],
+            },
             "layers": {name: list(self.maps[name]) for name in self.blocks},
             "first_conv": self.first_conv,
             "torch_threads": self.threads,
@@ -171,6 +191,11 @@ class ExplainModel(ModelService):
             takes = ", ".join(sorted(PARAMS_OF[method])) or "no parameters"
             raise InvalidParameterError(
                 f"params {stray} do not apply to {method}; {method} takes: {takes}"
+            )
+        if method == "cam" and self.reference.cam is None:
+            raise InvalidParameterError(
+                "cam needs a network that global-average-pools into a linear head; this one "
+                "does not: use grad_cam"
             )
         if method == "occlusion":
             side = min(self.spec.height, self.spec.width)

@@ -31,6 +31,7 @@ from services.generate.pipelines import (
 from services.generate.safety import (
     NoSafetyChecker,
     PipelineSafetyChecker,
+    PromptFilter,
     SafetyChecker,
     withhold,
 )
@@ -66,6 +67,12 @@ class GenerateSettings(ServingSettings):
     generate_max_pixels: int = Field(
         512 * 512, ge=64, description="Largest width x height of one generated image."
     )
+    generate_blocked_terms: str = Field(
+        "",
+        max_length=100_000,
+        description="Comma-separated words or phrases a prompt may not contain (whole words, "
+        "any case); such a request is a 422 with code prompt_blocked. Empty: no filter.",
+    )
     # one generation at a time, a short queue, and a timeout sized for diffusion on a CPU
     max_queue: int = Field(4, ge=1, le=100_000, description="Generations that may wait.")
     request_timeout_s: float = Field(
@@ -92,6 +99,7 @@ class GenerateModel(ModelService):
             path = bundle.variant_file("onnx")
             self.generator.unet_fn = onnx_unet_fn(path, settings.intra_op_threads())
         self.safety = self.make_safety_checker(self.generator)
+        self.prompt_filter = PromptFilter.parse(settings.generate_blocked_terms)
 
     def make_safety_checker(self, generator: Generator) -> SafetyChecker:
         """The hook: the pipeline's own checker when it has one; override to plug in another."""
@@ -108,6 +116,7 @@ class GenerateModel(ModelService):
             **self.generator.describe(),
             "defaults": self.generator.defaults,
             "safety_checker": self.safety.name,
+            "prompt_filter": {"blocked_terms": len(self.prompt_filter.terms)},
             "source": self.bundle.manifest.get("source", {}),
             "metrics": self.bundle.manifest.get("metrics", {}),
             **({"pipeline_sha256": self.pipeline_sha256} if self.pipeline_sha256 else {}),
@@ -132,6 +141,7 @@ class GenerateModel(ModelService):
 
     def check(self, body: GenerateBody) -> Job:
         """Every bound is checked here, before the request queues (a 422 names the bound)."""
+        self.prompt_filter.check(body.prompt)
         params = self.generator.resolve(body)
         base = body.seed if body.seed is not None else secrets.randbelow(2**31)
         params["seed"] = base

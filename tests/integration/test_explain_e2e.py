@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import sys
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -204,6 +205,8 @@ def test_explain_report_logs_grids_and_table_to_the_source_run(stack: Stack) -> 
         "saliency,grad_cam,random",
         "--layers",
         "layer2,layer3",
+        "--embed-images",
+        "60",
         "--threads",
         "1",
         "--out",
@@ -214,10 +217,23 @@ def test_explain_report_logs_grids_and_table_to_the_source_run(stack: Stack) -> 
         log=stack.workdir / "report.log",
     )
     assert "| integrated_gradients" not in output and "| grad_cam | layer3 | 2 |" in output
+    assert "<- default layer" in output and "silhouette by label" in output
+    views = json.loads((stack.workdir / "report" / "model_views.json").read_text())
+    measured = views["gradcam_layers"]["layers"]
+    assert [row["layer"] for row in measured] == ["layer1", "layer2", "layer3", "layer4"]
+    best = next(row for row in measured if row["layer"] == views["gradcam_layers"]["chosen"])
+    assert all(
+        best["fidelity"] >= row["fidelity"] - 1e-3
+        for row in measured
+        if min(row["resolution"]) >= 2
+    )
+    # a trained classifier's embeddings separate the digits far better than its input pixels
+    assert views["embeddings"]["silhouette_embedding"] > views["embeddings"]["silhouette_pixels"]
     # registry_uri too: an earlier in-process app may have pointed the global registry elsewhere
     client = MlflowClient(tracking_uri=stack.tracking_uri, registry_uri=stack.tracking_uri)
     run_id = client.get_model_version_by_alias(SOURCE, "candidate").run_id
     logged = {a.path for a in client.list_artifacts(run_id, "explain_report")}
     expected = {"saliency.png", "grad_cam-layer2.png", "grad_cam-layer3.png", "random.png"}
+    expected |= {"embeddings.png", "activations.png", "filters.png", "model_views.json"}
     assert {f"explain_report/{name}" for name in {*expected, "table.md", "table.csv"}} <= logged
     assert client.get_run(run_id).data.tags["modelplane.explain_report"] == f"{NAME}/1"

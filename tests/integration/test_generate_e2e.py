@@ -125,6 +125,39 @@ def test_quick_training_logs_quality_sweeps_and_sample_grids(stack: Stack) -> No
     assert "registered generate-torch version" in stack.train_log
 
 
+def recognised(stack: Stack, guidance_scale: float) -> float:
+    """Share of served digits (3 per class) that a classifier fitted here on the real train
+    digits labels as the class asked for."""
+    from sklearn.linear_model import LogisticRegression
+
+    from training.data import load_splits
+
+    splits = load_splits()
+    train, test = splits["train"], splits["test"]
+    judge = LogisticRegression(max_iter=2000).fit(
+        train.images.reshape(len(train.images), -1) / 255, train.labels
+    )
+    assert judge.score(test.images.reshape(len(test.images), -1) / 255, test.labels) > 0.9
+    hits = []
+    with httpx.Client(base_url=stack.digits, timeout=60) as http:
+        for digit in range(10):
+            body = {"class": digit, "num_images": 3, "steps": 10, "seed": 100 * digit}
+            response = http.post("/v1/generate", json={**body, "guidance_scale": guidance_scale})
+            assert response.status_code == 200, response.text
+            pixels = np.stack([np.asarray(png(item)) for item in response.json()["images"]])
+            assert pixels.shape == (3, 8, 8)  # the model's native size: the judge's input
+            hits.extend(judge.predict(pixels.reshape(3, -1) / 255) == digit)
+    return float(np.mean(hits))
+
+
+def test_generated_digits_are_recognised_far_above_chance(stack: Stack) -> None:
+    guided = recognised(stack, guidance_scale=2.0)  # the served default
+    unconditional = recognised(stack, guidance_scale=0.0)  # ignores the class: ~chance
+    print(f"recognised: guided {guided:.0%}, unconditional {unconditional:.0%}, chance 10%")
+    assert guided >= 0.6, guided
+    assert guided - unconditional >= 0.4, (guided, unconditional)
+
+
 def test_export_registers_the_pipeline_bundle_as_production(stack: Stack) -> None:
     client = MlflowClient(tracking_uri=stack.tracking_uri, registry_uri=stack.tracking_uri)
     production = client.get_model_version_by_alias("generate", "production")

@@ -97,7 +97,7 @@ def region_share(explain: TestClient, image: np.ndarray, method: str) -> float:
     return float(positive[: SIZE // 2, : SIZE // 2].sum() / positive.sum())
 
 
-@pytest.mark.parametrize("method", ["grad_cam", "integrated_gradients"])
+@pytest.mark.parametrize("method", ["grad_cam", "cam", "integrated_gradients"])
 def test_attribution_mass_lies_in_the_region_that_decides_the_class(
     explain: TestClient, method: str
 ) -> None:
@@ -170,6 +170,13 @@ def test_filters_of_the_first_conv_layer(explain: TestClient) -> None:
 def test_model_info_lists_methods_layers_and_the_default_layer(explain: TestClient) -> None:
     info = explain.get("/v1/model").json()
     assert info["default_layer"] == "features.denseblock2"
+    choice = info["default_layer_choice"]
+    assert choice["measured_on"] == "4 sample inputs of the bundle"
+    measured = {row["layer"]: row for row in choice["layers"]}
+    assert set(measured) == {"features.denseblock1", "features.denseblock2"}  # the blocks
+    best = measured[info["default_layer"]]
+    assert best["resolution"] == [SIZE // 2, SIZE // 2]
+    assert all(best["fidelity"] >= row["fidelity"] - 1e-3 for row in measured.values())
     assert info["layers"]["features.denseblock2"] == [16, SIZE // 2, SIZE // 2]
     assert "smoothgrad" in info["methods"] and info["max_evaluations"] == 2048
 
