@@ -101,6 +101,9 @@ def test_every_variant_is_bundled_with_figures_and_passes_its_smoke_test_in_onnx
     for name in [*VARIANTS, "sparse-50"]:
         assert f"| `{name}` |" in report
     assert "| `sparse-50` | study |" in report and "sparse-50" not in bundle.variants
+    for name in ("torchscript", "torch-int8-static", "torch-int8-dynamic"):
+        assert f"| `{name}` | torch, report |" in report and name not in bundle.variants
+        assert not list(bundle.path.glob("*.pt"))  # serving gets no TorchScript file
 
 
 def test_export_run_logs_report_plot_and_per_variant_metrics(exported: Exported) -> None:
@@ -112,6 +115,15 @@ def test_export_run_logs_report_plot_and_per_variant_metrics(exported: Exported)
     assert {"report.md", "tradeoffs.png", "bundle"} <= artifacts
     assert run.data.metrics["int8-static.in_bundle"] == 1.0
     assert run.data.metrics["parity_max_abs_diff"] <= 1e-4
+    metrics = run.data.metrics
+    assert metrics["torch-int8-static.in_bundle"] == 0.0
+    # torch.ao's int8 answers as the fp32 net does on nearly every held-out digit
+    assert metrics["torch-int8-static.agreement_fp32"] >= 0.95
+    assert metrics["torchscript.agreement_fp32"] == 1.0
+    # int8 explains the digits as fp32 does: its occlusion maps rank pixels alike
+    assert metrics["int8-static.attribution_spearman"] >= 0.8
+    for name, variant in exported.bundle.variants.items():
+        assert (name == "fp32") != ("attribution_spearman" in variant), name
 
 
 def held_out(bundle: Bundle) -> tuple[np.ndarray, np.ndarray]:

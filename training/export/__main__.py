@@ -24,7 +24,7 @@ from pathlib import Path
 
 from shared.errors import BundleError
 from shared.registration import register
-from training.export import fetch_source
+from training.export import fetch_source, torch_native
 from training.export.evaluate import Timing
 from training.export.finetune import FineTune
 from training.export.gates import Gates
@@ -46,6 +46,7 @@ QUICK = {
     "study_sparsities": (0.5,),
     "latency_runs": 30,
     "throughput_runs": 5,
+    "agreement_images": 4,
 }
 FULL = {
     "recovery_epochs": 5,
@@ -55,6 +56,7 @@ FULL = {
     "study_sparsities": (0.5, 0.7, 0.9),
     "latency_runs": 200,
     "throughput_runs": 20,
+    "agreement_images": 8,
 }
 
 
@@ -103,9 +105,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--qat-epochs", type=int, help="quantization-aware fine-tuning (2; quick 1)")
     add("--study-sparsities", type=fractions, help="unstructured study (0.5,0.7,0.9; quick 0.5)")
     add("--skip-study", action="store_true", help="no unstructured sparsity study")
+    add(
+        "--skip-torch",
+        action="store_true",
+        help="no PyTorch-runtime rows (TorchScript, torch.ao int8) in the report",
+    )
     add("--train-limit", type=int, help="training images for fine-tuning (all; quick 300)")
     add("--latency-runs", type=int, help="timed batch-1 runs per variant (200; quick 30)")
     add("--throughput-runs", type=int, help="timed batch-32 runs per variant (20; quick 5)")
+    add(
+        "--agreement-images",
+        type=int,
+        help="held-out digits whose occlusion maps each variant must share with fp32 (8; "
+        "quick 4; 0: none)",
+    )
     add("--seed", type=int, default=0)
     add("--quick", action="store_true", help="small knobs for tests and smoke runs")
     add("--cache-dir", type=Path, default=Path(".modelplane/export-cache"))
@@ -151,6 +164,8 @@ def options(args: argparse.Namespace, checkpoints: Path, threads: int) -> Option
         qat=FineTune(args.qat_epochs, lr=1e-4, seed=args.seed),
         study=FineTune(1, lr=1e-4, seed=args.seed),
         study_sparsities=args.study_sparsities,
+        torch_rows=() if args.skip_torch else torch_native.ROWS,
+        agreement_images=args.agreement_images,
         checkpoint_dir=checkpoints,
     )
 

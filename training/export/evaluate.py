@@ -8,8 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from shared.onnx import OnnxModel
-from training.export.onnx import onnx_logits
+from training.export.onnx import Runner, onnx_logits
 
 THROUGHPUT_BATCH = 32
 
@@ -41,7 +40,7 @@ class Figures:
     throughput_ips: float = 0.0
     max_abs_diff_torch: float | None = None
     in_bundle: bool = False
-    kind: str = "variant"  # or "study": reported, never bundled
+    kind: str = "variant"  # "study" or "torch": reported, never bundled
     gate: str = ""  # why it failed a gate; empty when it passed
     details: dict[str, Any] = field(default_factory=dict)
 
@@ -61,7 +60,7 @@ def macro_f1(labels: np.ndarray, predicted: np.ndarray, classes: int) -> float:
     )
 
 
-def time_runs(model: OnnxModel, batch: np.ndarray, runs: int) -> list[float]:
+def time_runs(model: Runner, batch: np.ndarray, runs: int) -> list[float]:
     """Seconds per `model.run` on `batch`, one untimed warm-up run first."""
     model.run({"input": batch})
     times = []
@@ -73,7 +72,7 @@ def time_runs(model: OnnxModel, batch: np.ndarray, runs: int) -> list[float]:
 
 
 def quality(
-    model: OnnxModel, inputs: np.ndarray, labels: np.ndarray, reference_top1: np.ndarray | None
+    model: Runner, inputs: np.ndarray, labels: np.ndarray, reference_top1: np.ndarray | None
 ) -> tuple[dict[str, float], np.ndarray]:
     """(accuracy, macro F1, agreement with the fp32 top-1) and the held-out logits."""
     logits = onnx_logits(model, inputs)
@@ -90,7 +89,7 @@ def quality(
 
 
 def timings(
-    models: dict[str, OnnxModel], inputs: np.ndarray, timing: Timing
+    models: dict[str, Runner], inputs: np.ndarray, timing: Timing
 ) -> dict[str, dict[str, float]]:
     """Batch-1 latency p50/p99 and batch-32 throughput of every model, interleaved.
 

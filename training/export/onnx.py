@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import onnx
@@ -12,9 +13,14 @@ from onnx import numpy_helper
 from torch import nn
 
 from shared.bundle import TensorSpec
-from shared.onnx import OnnxModel
 
 PARITY_ATOL = 1e-4
+
+
+class Runner(Protocol):
+    """What the evaluation runs: an OnnxModel, or a PyTorch runtime behind the same call."""
+
+    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]: ...
 
 
 @dataclass(frozen=True)
@@ -118,7 +124,7 @@ def torch_logits(model: nn.Module, inputs: np.ndarray, batch_size: int = 256) ->
     return np.concatenate(parts)
 
 
-def onnx_logits(model: OnnxModel, inputs: np.ndarray, batch_size: int = 256) -> np.ndarray:
+def onnx_logits(model: Runner, inputs: np.ndarray, batch_size: int = 256) -> np.ndarray:
     parts = [
         model.run({"input": inputs[i : i + batch_size]})[0]
         for i in range(0, len(inputs), batch_size)

@@ -17,6 +17,7 @@ COLUMNS = (
     "macro F1",
     "drop (pts)",
     "agree fp32",
+    "attr corr",
     "max abs diff",
     "size MB",
     "params",
@@ -31,6 +32,8 @@ COLUMNS = (
 def _status(fig: Figures, default: str | None) -> str:
     if fig.kind == "study":
         return "study"
+    if fig.kind == "torch":
+        return "torch, report" if not fig.gate else "torch, parity fails"
     if not fig.in_bundle:
         return "no (gate)"
     return "yes, default" if fig.name == default else "yes"
@@ -46,6 +49,7 @@ def row(fig: Figures, fp32_throughput: float, default: str | None) -> list[str]:
         f"{fig.macro_f1:.4f}",
         "" if drop is None else f"{drop:+.2f}",
         f"{fig.agreement_fp32:.2%}",
+        "" if (corr := fig.details.get("attribution_spearman")) is None else f"{corr:.3f}",
         "" if fig.max_abs_diff_torch is None else f"{fig.max_abs_diff_torch:.1e}",
         f"{fig.size_bytes / 1e6:.2f}",
         f"{fig.params / 1e6:.2f}M",
@@ -78,7 +82,7 @@ def markdown(
         if blocking
         else [f"All required gates passed. Recommended default variant: `{default}`."]
     )
-    failed = [f"- `{f.name}` left out: {f.gate}" for f in figures if f.kind == "variant" and f.gate]
+    failed = [f"- `{f.name}` left out: {f.gate}" for f in figures if f.kind != "study" and f.gate]
     return "\n".join(
         [
             "# Export report",
@@ -99,7 +103,8 @@ def markdown(
 
 
 def tradeoff_figure(figures: Sequence[Figures]) -> Figure:
-    """Accuracy vs batch-1 latency; marker area follows file size; study points hollow."""
+    """Accuracy vs batch-1 latency; marker area follows file size; study points hollow,
+    PyTorch-runtime rows square."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(8, 5))
@@ -108,13 +113,15 @@ def tradeoff_figure(figures: Sequence[Figures]) -> Figure:
     for item in figures:
         if item.kind == "study":
             style = {"facecolors": "none", "edgecolors": "tab:gray"}
+        elif item.kind == "torch":
+            style = {"facecolors": "tab:orange", "edgecolors": "black", "marker": "s"}
         else:
             colour = "tab:blue" if item.in_bundle else "tab:red"
             style = {"facecolors": colour, "edgecolors": "black"}
         point = (item.latency_ms_p50, item.accuracy * 100)
         ax.scatter(*point, s=60 + 900 * item.size_bytes / largest, alpha=0.6, **style)
         ax.annotate(item.name, point, fontsize=8, xytext=(6, 4), textcoords="offset points")
-    ax.set_xlabel("onnxruntime latency p50, batch 1 (ms)")
+    ax.set_xlabel("latency p50, batch 1 (ms; onnxruntime, squares: PyTorch)")
     ax.set_ylabel("held-out top-1 accuracy (%)")
     ax.set_title("accuracy vs latency (marker area ~ file size; hollow = sparsity study)")
     ax.grid(alpha=0.3)

@@ -6,6 +6,7 @@ import zlib
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from shared.cache import FetchedModel
@@ -13,11 +14,11 @@ from shared.errors import BundleError
 from shared.media import ImageSpec
 from shared.settings import available_cores
 from training import data as digits
-from training.export import report, writer
+from training.export import report, torch_native, writer
 from training.export.evaluate import Figures
 from training.export.finetune import TrainData
 from training.export.gates import Gates, fastest, judge
-from training.export.stage import Data, Options, Stage
+from training.export.stage import OCCLUSION, Data, Options, Stage
 
 SMOKE_SAMPLES = 8
 QAT_NOTE = (
@@ -52,6 +53,7 @@ def load_data(spec: ImageSpec, classes: list[int] | None, options: Options) -> D
             digits.preprocess(tuned.images, spec), tuned.labels, digits.train_augmentation(spec)
         ),
         calibration=digits.preprocess(calibration.images, spec),
+        black=digits.preprocess(np.zeros((1, 8, 8), np.uint8), spec)[0, :, 0, 0],
     )
 
 
@@ -181,6 +183,18 @@ class Export:
             "in interleaved rounds.",
             QAT_NOTE,
         ]
+        if any("attribution_spearman" in fig.details for fig in self.figures):
+            notes.append(
+                "`attr corr`: mean Spearman rank correlation between the variant's occlusion "
+                f"map and fp32's, for fp32's predicted class, on the first "
+                f"{self.options.agreement_images} held-out digits (black "
+                f"{OCCLUSION['window']}x{OCCLUSION['window']} windows, stride "
+                f"{OCCLUSION['stride']}; `models/agreement.py`). 1 means the variant puts the "
+                "same pixels first; occlusion maps of any net follow the ink, so read it "
+                "against 1, not 0 (a net with shuffled weights scores anywhere in -0.8..0.9)."
+            )
+        if any(fig.kind == "torch" for fig in self.figures):
+            notes.append(torch_native.NOTE)
         study = [fig for fig in self.figures if fig.kind == "study"]
         if study:
             notes.append(STUDY_NOTE)
@@ -220,6 +234,8 @@ class Export:
             ):
                 metrics[f"{fig.name}.{key}"] = float(getattr(fig, key))
             metrics[f"{fig.name}.in_bundle"] = float(fig.in_bundle)
+            if "attribution_spearman" in fig.details:
+                metrics[f"{fig.name}.attribution_spearman"] = fig.details["attribution_spearman"]
         fp32 = next(fig for fig in self.figures if fig.name == "fp32")
         metrics["parity_max_abs_diff"] = float(fp32.max_abs_diff_torch or 0.0)
         metrics["parity_top1_agreement"] = float(fp32.details.get("top1_agreement_torch", 0.0))

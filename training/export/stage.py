@@ -17,10 +17,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from models import agreement
 from shared.bundle import TensorSpec
 from shared.onnx import OnnxModel
 from training import tracking
-from training.export import prune, quantize
+from training.export import prune, quantize, torch_native
 from training.export.evaluate import Figures, Timing, quality, timings
 from training.export.finetune import FineTune, TrainData, fine_tune
 from training.export.onnx import (
@@ -32,6 +33,8 @@ from training.export.onnx import (
     with_weights,
 )
 
+#: occlusion for the attribution agreement: 7x7 windows of 8x8 pixels on a 32x32 input
+OCCLUSION = {"window": 8, "stride": 4}
 VARIANTS = ("fp32", "int8-dynamic", "int8-static", "int8-qat", "pruned", "pruned-int8")
 
 
@@ -52,6 +55,8 @@ class Options:
     qat: FineTune = field(default_factory=lambda: FineTune(epochs=2, lr=1e-4))
     study: FineTune = field(default_factory=lambda: FineTune(epochs=1, lr=1e-4))
     study_sparsities: tuple[float, ...] = (0.5, 0.7, 0.9)
+    torch_rows: tuple[str, ...] = torch_native.ROWS
+    agreement_images: int = 8  # held-out digits whose occlusion maps are compared (0: none)
     checkpoint_dir: Path | None = None
 
 
@@ -63,6 +68,12 @@ class Data:
     test_labels: np.ndarray
     train: TrainData
     calibration: np.ndarray
+    black: np.ndarray  # a black pixel, preprocessed: (C,) values occlusion paints with
+
+
+def predictor(model: OnnxModel) -> agreement.PredictFn:
+    """An onnxruntime variant as models.agreement's predict function (batch -> logits)."""
+    return lambda batch: model.run({"input": batch})[0]
 
 
 class Stage:
@@ -91,7 +102,7 @@ class Stage:
         self.reference_accuracy = float(np.mean(self.reference.argmax(1) == data.test_labels))
         self.fp32_top1: np.ndarray | None = None
         self.figures: list[Figures] = []
-        self.sessions: dict[str, OnnxModel] = {}
+        self.sessions: dict[str, OnnxModel | torch_native.TorchRunner] = {}
         self.load_average = (0.0, 0.0)  # 1-minute load average before and after timing
 
     def path(self, name: str) -> Path:
@@ -263,6 +274,67 @@ class Stage:
             fig.kind = "study"
             fig.details["sparsity"] = round(prune.sparsity(net), 4)
 
+    def torch_rows(self) -> None:
+        """PyTorch's own runtime on the same data: TorchScript fp32 and torch.ao int8 (report
+        only; see training.export.torch_native)."""
+        for name in self.options.torch_rows:
+            path = self.work / f"model.{name}.pt"
+            runner, diff, agreement = torch_native.build(
+                name,
+                self.model,
+                self.data.calibration,
+                self.data.test_inputs,
+                path,
+                self.options.threads,
+                self.say,
+            )
+            found, _ = quality(runner, self.data.test_inputs, self.data.test_labels, self.fp32_top1)
+            fig = Figures(
+                name=name,
+                file=path.name,
+                size_bytes=path.stat().st_size,
+                params=tracking.parameter_count(self.model),
+                flops=tracking.flops_per_image(self.model, self.shape),
+                max_abs_diff_torch=diff,
+                kind="torch",
+                gate=torch_native.parity_gate(name, diff, agreement),
+                **found,
+            )
+            fig.details["top1_agreement_torch"] = agreement
+            fig.details["accuracy_drop_points"] = round(
+                (self.reference_accuracy - fig.accuracy) * 100, 4
+            )
+            self.say(f"{name}: top-1 {fig.accuracy:.2%}, agrees with fp32 {fig.agreement_fp32:.2%}")
+            self.sessions[name] = runner
+            self.figures.append(fig)
+
+    def attribution_agreement(self) -> None:
+        """Do the compressed variants explain like fp32? Occlusion maps (forward passes only:
+        the variants are onnxruntime files) of each variant and of fp32 on the first held-out
+        digits, for fp32's predicted class, compared by Spearman rank correlation."""
+        count = self.options.agreement_images
+        if not count or "fp32" not in self.sessions:
+            return
+        started = time.perf_counter()
+        images = self.data.test_inputs[:count]
+        fp32 = self.sessions["fp32"]
+        for fig in self.figures:
+            if fig.kind != "variant" or fig.name == "fp32":
+                continue
+            found = agreement.attribution_agreement(
+                predictor(fp32), predictor(self.sessions[fig.name]), images, **self.occlusion
+            )
+            fig.details["attribution_spearman"] = round(found.mean, 4)
+            fig.details["attribution_spearman_min"] = round(min(found.per_image), 4)
+        self.say(
+            f"attribution agreement (occlusion {OCCLUSION['window']}px window, stride "
+            f"{OCCLUSION['stride']}) on {len(images)} digits ({time.perf_counter() - started:.1f}s)"
+        )
+
+    @property
+    def occlusion(self) -> dict:
+        return {**OCCLUSION, "fill": self.data.black}
+
     def run(self, after_fp32: Callable[[Figures], bool]) -> list[Figures]:
         """Build everything asked for; stops after fp32 when `after_fp32` says so."""
         raw, clean = self.fp32()
@@ -276,5 +348,7 @@ class Stage:
             self.pruned()
         if self.options.study_sparsities:
             self.sparsity_study(raw)
+        self.torch_rows()
+        self.attribution_agreement()
         self.time_all()
         return self.figures
