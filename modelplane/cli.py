@@ -32,8 +32,10 @@ DEFAULT_TRACKING_URI = "http://127.0.0.1:5000"
 BENCHES = {
     "serve": "loadtests.bench_serve",
     "export": "training.export.bench",
+    "runtimes": "training.export.bench_runtimes",
     "similarity": "scripts.bench_similarity",
     "text": "scripts.bench_text",
+    "observe": "loadtests.bench_observe",
 }
 #: the options after TASK/WHAT go to the job, `--help` included
 PASSTHROUGH = {"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []}
@@ -239,6 +241,7 @@ def bench(ctx: click.Context, what: str | None, args: tuple[str, ...]) -> None:
     WHAT:
       serve       classify over HTTP (wrk) beside raw onnxruntime, same model file
       export      the export stage's accuracy / latency / size trade-off table
+      runtimes    onnxruntime vs TorchScript / torch.ao int8 speed, same net and threads
       similarity  AUC, EER, recall@k, mAP, batch-32 throughput, search latency
       text        tokens/s with and without the KV cache, TTFT, fp32 vs int8
     Options after WHAT go to the benchmark (`modelplane bench serve --help`).

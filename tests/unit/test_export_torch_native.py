@@ -81,3 +81,18 @@ def test_parity_gate_names_the_gap_and_runner_restores_torch_threads(
     assert torch.get_num_threads() == 1 and runner.threads == 2
     with pytest.raises(ValueError, match="unknown PyTorch row 'int4'"):
         torch_native.build("int4", net, calibration, inputs, tmp_path / "x.pt", 1, print)
+
+
+def test_bench_runtimes_times_all_five_runtimes_on_the_classify_net(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from training.export import bench_runtimes
+
+    args = ["--size", "16", "--latency-runs", "4", "--throughput-runs", "4"]
+    assert bench_runtimes.main(args) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    names = [row.split("|")[1].strip() for row in rows[1:]]
+    assert names == ["onnxruntime fp32", "onnxruntime int8-static", *torch_native.ROWS]
+    for row in rows[1:]:
+        p50, ips = (float(cell) for cell in row.split("|")[2:4])
+        assert p50 > 0 and ips > 0, row
