@@ -5,13 +5,19 @@ settings (the ceiling; measured before, between and after the service runs, medi
 the running service over loopback HTTP at concurrency 1, 8 and 32, driven by wrk (C, one thread,
 a Lua script POSTing a real digit PNG), for each variant asked for, with dynamic batching on and
 off; (3) resident memory after warm-up and after load, and cold start from a cached bundle to
-ready. Prints one table. Needs `wrk` (Debian package) and the bundle in the registry or the
-local cache (`make demo` or `make mlflow` + train + export).
+ready; (4) the Open Inference Protocol on the fp32 variant at concurrency 1 and 32: REST
+(`/v2/models/classify/infer`, binary tensor, driven by wrk) beside gRPC (`ModelInfer`, raw
+contents, driven by `grpc_load`: an asyncio grpc.aio client, N calls in flight on one HTTP/2
+connection, in this process), both sending the same one-image tensor. Prints one table. Needs
+`wrk` (Debian package; Debian has no gRPC load generator such as ghz) and the bundle in the
+registry or the local cache (`make demo` or `make mlflow` + train + export).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
 import os
 import re
 import shutil
@@ -213,6 +219,101 @@ def wrk(
     return parse_wrk(result.stdout)
 
 
+LUA_V2 = """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/octet-stream"
+wrk.headers["Inference-Header-Content-Length"] = os.getenv("BENCH_HEADER_LENGTH")
+local f = assert(io.open(os.getenv("BENCH_BODY"), "rb"))
+wrk.body = f:read("*a")
+f:close()
+"""
+
+
+def v2_body(directory: Path, x: np.ndarray) -> tuple[Path, int]:
+    """The REST V2 binary-extension request for tensor `x`: JSON header + raw bytes."""
+    header = {
+        "inputs": [
+            {
+                "name": "input",
+                "shape": list(x.shape),
+                "datatype": "FP32",
+                "parameters": {"binary_data_size": x.nbytes},
+            }
+        ]
+    }
+    encoded = json.dumps(header).encode()
+    body = directory / "infer.bin"
+    body.write_bytes(encoded + x.tobytes())
+    return body, len(encoded)
+
+
+def wrk_v2(url: str, x: np.ndarray, concurrency: int, seconds: float, log_dir: Path) -> WrkResult:
+    """wrk (1 thread) POSTing the V2 binary request for `x` to /v2/models/classify/infer."""
+    body, header_length = v2_body(log_dir, x)
+    script = log_dir / "v2.lua"
+    script.write_text(LUA_V2)
+    url = f"{url}/v2/models/classify/infer"
+    cmd = ["wrk", "-t1", f"-c{concurrency}", f"-d{seconds:.0f}s", "--latency", "-s", str(script)]
+    result = subprocess.run(
+        [*cmd, url],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "BENCH_BODY": str(body), "BENCH_HEADER_LENGTH": str(header_length)},
+        check=True,
+    )
+    return parse_wrk(result.stdout)
+
+
+async def grpc_load(target: str, x: np.ndarray, concurrency: int, seconds: float) -> WrkResult:
+    """`concurrency` ModelInfer calls in flight (closed loop) on one channel for `seconds`."""
+    import grpc
+    from tritonclient.grpc import service_pb2 as pb
+    from tritonclient.grpc import service_pb2_grpc as pb_grpc
+
+    request = pb.ModelInferRequest(model_name="classify")
+    request.inputs.add(name="input", datatype="FP32", shape=list(x.shape))
+    request.raw_input_contents.append(x.tobytes())
+    latencies: list[float] = []
+    errors = 0
+    async with grpc.aio.insecure_channel(target) as channel:
+        infer = pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer
+        for _ in range(50):  # warm-up, as for HTTP
+            await infer(request)
+        end = time.perf_counter() + seconds
+
+        async def caller() -> None:
+            nonlocal errors
+            while time.perf_counter() < end:
+                started = time.perf_counter()
+                try:
+                    await infer(request, timeout=10)
+                except grpc.RpcError:
+                    errors += 1
+                    continue
+                latencies.append(time.perf_counter() - started)
+
+        began = time.perf_counter()
+        await asyncio.gather(*(caller() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - began
+    p50, p99 = (float(np.percentile(latencies, q)) * 1000 for q in (50, 99))
+    return WrkResult(len(latencies) / elapsed, p50, p99, errors, len(latencies))
+
+
+def bench_protocols(env: dict[str, str], x: np.ndarray, seconds: float, log_dir: Path) -> list[Row]:
+    """One service with gRPC on: REST V2 (wrk) and gRPC (grpc_load) at concurrency 1 and 32."""
+    port = free_port()
+    rows = []
+    with served({**env, "GRPC_PORT": str(port)}, log_dir, "protocols") as service:
+        for concurrency in (1, 32):
+            rest = wrk_v2(service.url, x, concurrency, seconds, log_dir)
+            got = asyncio.run(grpc_load(f"127.0.0.1:{port}", x, concurrency, seconds))
+            for label, result in (("REST v2 infer fp32", rest), ("gRPC ModelInfer fp32", got)):
+                rows.append(
+                    Row(label, concurrency, result.rps, result.p50_ms, result.p99_ms, result.errors)
+                )
+    return rows
+
+
 def digit_png(directory: Path) -> Path:
     """A real test-split digit as a PNG file: the body every benchmark request sends."""
     from shared.media import encode_png, gray_to_image
@@ -302,23 +403,29 @@ def main(argv: list[str] | None = None) -> int:
         for variant in variants:
             raw_runs = [raw_ort(bundle.path, variant, threads, raw_seconds)]
             served_rows = []
+            base = {
+                "MLFLOW_TRACKING_URI": args.tracking_uri,
+                "MODEL_URI": args.model_uri,
+                "MODEL_VARIANT": variant,
+                "MODEL_CACHE_DIR": str(args.cache_dir),
+                "LOG_LEVEL": "WARNING",
+            }
             for suffix, extra, processes in configurations(args.scale_out, threads):
                 label = f"service {variant} {suffix}"
                 print(f"  measuring {label} ...", flush=True)
-                env = {
-                    "MLFLOW_TRACKING_URI": args.tracking_uri,
-                    "MODEL_URI": args.model_uri,
-                    "MODEL_VARIANT": variant,
-                    "MODEL_CACHE_DIR": str(args.cache_dir),
-                    "LOG_LEVEL": "WARNING",
-                    **extra,
-                }
+                env = {**base, **extra}
                 measured, facts[label] = bench_service(
                     label, env, body, levels, args.seconds, Path(tmp), processes
                 )
                 served_rows += measured
                 raw_runs.append(raw_ort(bundle.path, variant, threads, raw_seconds))
             rows += median_rows(raw_runs) + served_rows
+            if variant == "fp32" and not args.scale_out:
+                print("  measuring REST v2 and gRPC ...", flush=True)
+                sample = bundle.load_array(bundle.manifest["sample_inputs"])
+                one = np.ascontiguousarray(sample[:1], dtype=np.float32)
+                batched = {**base, "MAX_BATCH_SIZE": "32"}
+                rows += bench_protocols(batched, one, args.seconds, Path(tmp))
     print_table(rows, facts)
     return 0
 

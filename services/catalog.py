@@ -36,6 +36,8 @@ class ServiceEntry:
     max_replicas: int
     #: the p99 latency objective (observability/rules/modelplane.yml records the same)
     slo_p99_s: float
+    #: its Open Inference Protocol gRPC port (services with tensor models only)
+    grpc_port: int | None = None
 
     @property
     def module(self) -> str:
@@ -69,6 +71,7 @@ SERVICES: tuple[ServiceEntry, ...] = (
         memory="1Gi",
         max_replicas=8,
         slo_p99_s=0.25,
+        grpc_port=9001,
     ),
     ServiceEntry(
         name="similarity",
@@ -81,6 +84,7 @@ SERVICES: tuple[ServiceEntry, ...] = (
         memory="1Gi",
         max_replicas=8,
         slo_p99_s=0.25,
+        grpc_port=9002,
     ),
     ServiceEntry(
         name="explain",
@@ -117,6 +121,7 @@ SERVICES: tuple[ServiceEntry, ...] = (
         memory="2Gi",
         max_replicas=8,
         slo_p99_s=1.0,
+        grpc_port=9005,
     ),
 )
 #: the services' names, in table order

@@ -8,7 +8,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib import resources
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.openapi.docs import get_swagger_ui_html
@@ -24,6 +24,7 @@ from shared.health import add_health
 from shared.metrics import Metrics
 from shared.middleware import ServingMiddleware
 from shared.problem import install_error_handlers
+from shared.repository import ModelControl, check_enabled, repository_router
 from shared.requests import error_responses
 from shared.routes import build_router
 from shared.runtime import ModelRuntime
@@ -31,6 +32,9 @@ from shared.service import Service
 from shared.settings import ServingSettings, available_cores
 from shared.tracing import instrument, tracing_requested
 from shared.v2routes import v2_health_router, v2_router
+
+if TYPE_CHECKING:
+    from shared.grpcserver import GrpcListen
 
 log = logging.getLogger("modelplane.app")
 
@@ -72,10 +76,15 @@ def service_settings(service: Service, settings: ServingSettings | None) -> Serv
 
 
 def create_app(
-    service: Service | type[Service], settings: ServingSettings | None = None, *, load: bool = True
+    service: Service | type[Service],
+    settings: ServingSettings | None = None,
+    *,
+    load: bool = True,
+    grpc: GrpcListen | None = None,
 ) -> FastAPI:
     """Build a service app: lifespan loading, health, metrics, errors, limits, docs and the
-    declared endpoints. `load=False` leaves loading to the caller (tests drive it directly)."""
+    declared endpoints. `load=False` leaves loading to the caller (tests drive it directly);
+    `grpc` also serves the tensor models over gRPC there (shared/grpcserver.py)."""
     service = service() if isinstance(service, type) else service
     settings = service_settings(service, settings)
     name = service.name
@@ -102,9 +111,17 @@ def create_app(
                 settings.metrics_port, settings.metrics_addr, registry=metrics.registry
             )
             log.info("metrics on %s:%d", settings.metrics_addr, settings.metrics_port)
+        grpc_server = None
+        if grpc is not None and any(spec.tensor for spec in service.models):
+            from shared.grpcserver import GrpcServer
+
+            grpc_server = GrpcServer(app, grpc)
+            await grpc_server.start()
         try:
             yield
         finally:
+            if grpc_server is not None:
+                await grpc_server.stop()  # calls in flight finish; new ones are refused
             if exporter is not None:
                 exporter.shutdown()
                 exporter.server_close()
@@ -129,23 +146,30 @@ def create_app(
     app.state.metrics = metrics
     app.state.settings = settings
     app.state.api_tokens = settings.api_tokens()
+    # one admission for every protocol: HTTP and gRPC share the in-flight cap and rate limits
+    app.state.admission = Admission(
+        settings.max_in_flight, settings.rate_limit_rps, settings.rate_limit_burst
+    )
     install_error_handlers(app)
     app.add_middleware(
         ServingMiddleware,
         metrics=metrics,
         max_body_bytes=settings.max_body_bytes,
-        admission=Admission(
-            settings.max_in_flight, settings.rate_limit_rps, settings.rate_limit_burst
-        ),
+        admission=app.state.admission,
         model_version=lambda: runtime.current.version if runtime.current else None,
     )
     _add_docs(app)
     add_health(app, runtime, protection(settings))
     protected = protection(settings)
     routers = [build_router(service, runtime)]
+    app.state.model_control = None
     if any(spec.tensor for spec in service.models):
         app.include_router(v2_health_router())  # probes: no token, like /readyz
         routers.append(v2_router())
+        if settings.model_control:
+            check_enabled(settings)
+            app.state.model_control = ModelControl(runtime)
+            routers.append(repository_router())
     for router in routers:
         app.include_router(_document_refusals(router), dependencies=protected)
     if tracing_requested():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from fastapi import FastAPI
@@ -57,6 +58,35 @@ def add_health(app: FastAPI, runtime: ModelRuntime, protected: list[Any]) -> Non
     )
     async def model_info() -> JSONResponse:
         return JSONResponse(describe(runtime))
+
+    @app.get(
+        "/v1/model/drift",
+        tags=["model"],
+        summary="Drift of live inputs and outputs against the bundle's reference, per model.",
+        responses=error_responses(401, 503),
+        dependencies=protected,
+    )
+    async def model_drift() -> JSONResponse:
+        runtime.require()
+        return JSONResponse(await asyncio.to_thread(drift_report, runtime))
+
+
+def drift_report(runtime: ModelRuntime) -> dict[str, Any]:
+    """GET /v1/model/drift: each served model's window tested now (or why it is not)."""
+    models: dict[str, Any] = {}
+    for slot in runtime.served_slots():
+        loaded = slot.current
+        monitor = loaded.drift
+        if monitor is None:
+            why = "the bundle has no drift reference for this variant (export it again)"
+            if not runtime.settings.drift_enabled:
+                why = "drift is off (DRIFT_ENABLED=false)"
+            models[slot.spec.key] = {**loaded.info(), "available": False, "reason": why}
+            continue
+        monitor.check()
+        models[slot.spec.key] = {**loaded.info(), "available": True, **monitor.report()}
+    drifted = any(entry.get("drifted", False) for entry in models.values())
+    return {"drifted": drifted, "models": models}
 
 
 def describe(runtime: ModelRuntime) -> dict[str, Any]:

@@ -116,7 +116,48 @@ class Metrics:
             ["service"],
             registry=self.registry,
         )
+        self.drift_statistic = Gauge(
+            "modelplane_drift_statistic",
+            "Last drift test of the window against the bundle's reference: largest KS distance "
+            "(test=features) or total variation of predicted classes (test=classes).",
+            ["service", "model", "test"],
+            registry=self.registry,
+        )
+        self.drift_p_value = Gauge(
+            "modelplane_drift_p_value",
+            "p-value of the last drift test (Bonferroni-corrected over feature columns).",
+            ["service", "model", "test"],
+            registry=self.registry,
+        )
+        self.drift_detected = Gauge(
+            "modelplane_drift_detected",
+            "1 when the last drift test fell below DRIFT_P_VALUE, else 0.",
+            ["service", "model", "test"],
+            registry=self.registry,
+        )
+        self.drift_window_items = Gauge(
+            "modelplane_drift_window_items",
+            "Items in the sliding drift window.",
+            ["service", "model"],
+            registry=self.registry,
+        )
+        self.prediction_log_records = Counter(
+            "modelplane_prediction_log_records_total",
+            "Prediction-log records the sink accepted.",
+            ["service"],
+            registry=self.registry,
+        )
+        self.prediction_log_dropped = Counter(
+            "modelplane_prediction_log_dropped_total",
+            "Observations or records dropped, never waited for, by reason (observer_behind, "
+            "sink_behind, sink_error).",
+            ["service", "reason"],
+            registry=self.registry,
+        )
         self.ready.labels(service).set(0)
+        self.prediction_log_records.labels(service)
+        for reason in ("observer_behind", "sink_behind", "sink_error"):
+            self.prediction_log_dropped.labels(service, reason)
         self.model_load_failures.labels(service)
         self.queue_depth.labels(service).set(0)
         for reason in ("queue_full", "deadline", "in_flight", "rate_limit"):

@@ -91,7 +91,8 @@ async def serve(
     loaded = runtime.require(endpoint.model)
     if endpoint.lane is Lane.BATCHED:  # the batcher keeps each item's deadline itself
         items = await runtime.preprocess(endpoint, loaded, parsed, batched=True)
-        outputs = await runtime.submit(loaded, items, endpoint.path)
+        request_id = getattr(request.state, "request_id", None)
+        outputs = await runtime.submit(loaded, items, endpoint.path, request_id)
         return _answer(endpoint, runtime, loaded, outputs, parsed)
     timeout = runtime.settings.request_timeout_s
     call = Call(endpoint.path, loaded.info(), timeout, time.monotonic() + timeout)

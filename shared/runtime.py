@@ -18,6 +18,7 @@ from shared.batching import BatchConfig, Batcher
 from shared.errors import ModelNotReadyError
 from shared.lanes import WorkPool
 from shared.metrics import Metrics
+from shared.observer import Observation, Observer
 from shared.service import Endpoint, ModelService, Service, bound
 from shared.settings import ServingSettings, available_cores
 from shared.slots import LoadedModel, ModelSlot
@@ -62,6 +63,7 @@ class ModelRuntime:
             concurrency=settings.inference_workers,
         )
         self.arriving = 0  # batched requests between preprocess and the batcher's queue
+        self.observer = Observer(settings, metrics)  # drift and the prediction log
         self._stop = threading.Event()
         self.draining = False  # set on SIGTERM: /readyz answers 503 while requests still run
 
@@ -119,6 +121,7 @@ class ModelRuntime:
         variant = self._variant(slot, model, fetched.bundle, fetched.version)
         model.load(fetched.bundle, variant, self.settings)
         model.warmup()
+        drift = self.observer.monitor(fetched.bundle, variant)
         return LoadedModel(
             model=model,
             key=slot.spec.key,
@@ -136,6 +139,7 @@ class ModelRuntime:
                 self.metrics,
                 arriving=lambda: self.arriving,
             ),
+            drift=drift,
         )
 
     @staticmethod
@@ -159,6 +163,7 @@ class ModelRuntime:
         slot = self.slots[loaded.key]
         slot.current = loaded
         slot.last_error = None
+        self.observer.activate(loaded.key, loaded.drift)
         self.metrics.set_model(loaded.key, loaded.name, loaded.version, loaded.variant)
         self.metrics.model_load_seconds.labels(self.service_name).set(loaded.load_seconds)
         self.metrics.ready.labels(self.service_name).set(1 if self.ready else 0)
@@ -240,6 +245,7 @@ class ModelRuntime:
             pool.shutdown()
         self.executor.shutdown(wait=False, cancel_futures=True)
         self.preprocess_pool.shutdown(wait=False, cancel_futures=True)
+        await asyncio.to_thread(self.observer.close)
 
     # ---- lanes -----------------------------------------------------------------------------
     async def preprocess(
@@ -261,14 +267,41 @@ class ModelRuntime:
                 self.arriving -= 1  # no await between here and submit()'s enqueue
             self.stage(endpoint.path, "preprocess", time.perf_counter() - started)
 
-    async def submit(self, loaded: LoadedModel, items: list[Any], route: str) -> list[Any]:
-        """Items through the model's batcher, in order (a lone item without gather)."""
-        timeout = self.settings.request_timeout_s
+    async def submit(
+        self,
+        loaded: LoadedModel,
+        items: list[Any],
+        route: str,
+        request_id: str | None = None,
+        timeout_s: float | None = None,
+    ) -> list[Any]:
+        """Items through the model's batcher, in order (a lone item without gather), within
+        `timeout_s` (default REQUEST_TIMEOUT_S); the answered request goes to the observer
+        (drift, prediction log) without waiting."""
+        timeout = timeout_s or self.settings.request_timeout_s
+        started = time.perf_counter()
         if len(items) == 1:
-            return [await loaded.batcher.submit(items[0], timeout, route)]
-        return list(
-            await asyncio.gather(*(loaded.batcher.submit(i, timeout, route) for i in items))
-        )
+            outputs = [await loaded.batcher.submit(items[0], timeout, route)]
+        else:
+            outputs = list(
+                await asyncio.gather(*(loaded.batcher.submit(i, timeout, route) for i in items))
+            )
+        if self.observer.wanted(loaded.drift):
+            self.observer.observe(
+                Observation(
+                    loaded.key,
+                    loaded.model,
+                    loaded.info(),
+                    loaded.drift,
+                    route,
+                    request_id,
+                    items,
+                    outputs,
+                    time.perf_counter() - started,
+                    time.time(),
+                )
+            )
+        return outputs
 
     def stage(self, route: str, stage: str, seconds: float) -> None:
         self.metrics.stage_duration.labels(self.service_name, route, stage).observe(seconds)

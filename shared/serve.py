@@ -42,9 +42,17 @@ def limit_math_threads() -> None:
         os.environ.setdefault(var, "1")
 
 
-def run(service: type[Service], default_port: int, argv: list[str] | None = None) -> int:
-    """Parse --host/--port, build the service's settings and app, serve with one uvicorn worker."""
+def run(
+    service: type[Service],
+    default_port: int,
+    argv: list[str] | None = None,
+    default_grpc_port: int | None = None,
+) -> int:
+    """Parse --host/--port, build the service's settings and app, serve with one uvicorn worker
+    (and gRPC on GRPC_PORT, else `default_grpc_port` when on `default_port`, for a service
+    with tensor models)."""
     from shared.app import create_app
+    from shared.grpcserver import GrpcListen
 
     parser = argparse.ArgumentParser(prog=f"python -m services.{service.name}")
     parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
@@ -59,7 +67,12 @@ def run(service: type[Service], default_port: int, argv: list[str] | None = None
     args = parser.parse_args(argv)
     settings = service.settings_class()
     configure_logging(settings.log_level, settings.log_json)
-    app = create_app(service, settings)
+    # the catalog's gRPC port goes with the catalog's HTTP port: a process moved to another
+    # port (tests, benchmarks, side-by-side runs) would collide on it, so it asks GRPC_PORT
+    fallback = default_grpc_port if args.port == default_port else None
+    grpc_port = settings.grpc_port if settings.grpc_port is not None else fallback
+    grpc = GrpcListen(args.host, grpc_port, args.reuse_port) if grpc_port else None
+    app = create_app(service, settings, grpc=grpc)
     runtime = app.state.runtime
     sock = listening_socket(args.host, args.port, reuse_port=args.reuse_port, backlog=BACKLOG)
     shared_port = " (REUSE_PORT: joined once ready)" if args.reuse_port else ""

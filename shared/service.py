@@ -23,6 +23,7 @@ from pydantic import BaseModel
 
 from shared.bundle import Bundle, TensorSpec
 from shared.errors import DeadlineExceededError, ServingError
+from shared.predlog import summarize_output
 from shared.settings import ServingSettings
 from shared.sources import ModelSource
 
@@ -44,6 +45,10 @@ class ModelService(ABC):
     def describe(self) -> dict[str, Any]:
         """Extra facts for GET /v1/model (input spec, labels, threads...)."""
         return {}
+
+    def summarize(self, output: Any) -> dict[str, Any]:
+        """A compact summary of one predict output for the prediction log (never raw data)."""
+        return summarize_output(output)
 
     def predict(self, items: list[Any]) -> list[Any]:
         """Batched lane: run a batch; return one output per item, in order."""

@@ -125,6 +125,14 @@ class ServingSettings(BaseSettings):
         "Prometheus to it); unset: /metrics is on the main port.",
     )
     metrics_addr: str = Field("127.0.0.1", description="Address the metrics port binds to.")
+    grpc_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="Port of the Open Inference Protocol over gRPC, on the HTTP host (tensor "
+        "models only); unset: the service's gRPC port from services/catalog.py when HTTP is on "
+        "its catalog port, else none; 0: no gRPC.",
+    )
     reload_interval_s: float = Field(
         0.0,
         ge=0,
@@ -138,8 +146,51 @@ class ServingSettings(BaseSettings):
         description="On SIGTERM, keep serving (new connections too) this long with /readyz "
         "answering 503, so load balancers stop sending first; then the graceful shutdown.",
     )
+    model_control: bool = Field(
+        False,
+        description="Explicit model control (the protocol's model repository extension: "
+        "/v2/repository/... and gRPC Repository*): pin a registered version, return to the "
+        "alias; needs API_TOKEN or API_TOKEN_FILE.",
+    )
     log_level: str = Field("INFO", description="Python logging level of the service.")
     log_json: bool = Field(True, description="Log JSON lines (false: plain text).")
+    prediction_log_rate: float = Field(
+        0.0, ge=0, le=1, description="Share of requests written to the prediction log (0: off)."
+    )
+    prediction_log_dir: Path = Field(
+        Path(".modelplane/predictions"),
+        description="Directory of the JSONL prediction log, <service>.jsonl (rotated).",
+    )
+    prediction_log_max_bytes: int = Field(
+        16 * 1024 * 1024, ge=1024, description="Size at which the JSONL prediction log rotates."
+    )
+    prediction_log_backups: int = Field(
+        5, ge=0, le=100, description="Rotated JSONL files kept (<service>.jsonl.1 ...)."
+    )
+    prediction_log_url: str = Field(
+        "", description="POST records as CloudEvents (KServe's logger format) here, not to JSONL."
+    )
+    prediction_log_timeout_s: float = Field(
+        1.0, gt=0, le=60, description="Timeout of one CloudEvents POST (then dropped, counted)."
+    )
+    prediction_log_inputs: bool = Field(
+        False, description="Also log each model input tensor (base64); off: hash and summary."
+    )
+    prediction_log_queue: int = Field(
+        1024, ge=1, le=1_000_000, description="Requests waiting to be observed; beyond: dropped."
+    )
+    drift_enabled: bool = Field(
+        True, description="Test live items against the bundle's drift reference (if it has one)."
+    )
+    drift_window: int = Field(
+        200, ge=30, le=100_000, description="Items in the sliding window tested for drift."
+    )
+    drift_check_every: int = Field(
+        50, ge=1, le=100_000, description="Test the window again after this many new items."
+    )
+    drift_p_value: float = Field(
+        0.001, gt=0, lt=1, description="A test below this p-value flags drift."
+    )
 
     def api_tokens(self) -> tuple[bytes, ...]:
         """Every accepted bearer token; none means auth is off."""

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.batching import Batcher
+from shared.drift import DriftMonitor
 from shared.service import ModelService, ModelSpec
 from shared.settings import ServingSettings
 from shared.sources import LocalSource, ModelSource, RegistrySource
@@ -26,6 +27,7 @@ class LoadedModel:
     from_cache_only: bool
     load_seconds: float
     batcher: Batcher
+    drift: DriftMonitor | None = None
 
     def info(self) -> dict[str, str]:
         return {"name": self.name, "version": self.version, "variant": self.variant}

@@ -103,7 +103,8 @@ def v2_router() -> APIRouter:
         header, binary = split_body(await request.body(), request.headers.get(HEADER_LENGTH))
         inputs, _ = model.model.tensor_specs()
         items = model.model.tensor_items(parse_inputs(header, binary, inputs))
-        outputs = await runtime.submit(model, items, INFER_ROUTE)
+        request_id = getattr(request.state, "request_id", None)
+        outputs = await runtime.submit(model, items, INFER_ROUTE, request_id)
         return render(header, model.name, model.version, model.model.tensor_outputs(outputs))
 
     for suffix, handler, method in (

@@ -57,10 +57,11 @@ def slow_classifier(seed: int = 0, width: int = 1024, layers: int = 192) -> onnx
     return model
 
 
-def seed_two_speed_cache(cache_dir: Path) -> Path:
-    """A cached classify@production bundle (version 1) with variants `fp32` and `slow`."""
+def seed_two_speed_cache(cache_dir: Path, width: int = 1024, layers: int = 192) -> Path:
+    """A cached classify@production bundle (version 1) with variants `fp32` and `slow`
+    (`slow_classifier(width=, layers=)`)."""
     bundle_dir = seed_cache(cache_dir)
-    onnx.save(slow_classifier(), bundle_dir / "model.slow.onnx")
+    onnx.save(slow_classifier(width=width, layers=layers), bundle_dir / "model.slow.onnx")
     sample = np.load(bundle_dir / "sample_inputs.npy", allow_pickle=False)
     expected = linear_logits(tiny_classifier(), sample).astype(np.float32)
     np.save(bundle_dir / "expected_outputs.slow.npy", expected)

@@ -9,4 +9,10 @@ from services.classify.service import ClassifyService  # noqa: E402
 from shared.serve import run  # noqa: E402
 
 if __name__ == "__main__":
-    raise SystemExit(run(ClassifyService, default_port=entry("classify").port))
+    raise SystemExit(
+        run(
+            ClassifyService,
+            default_port=entry("classify").port,
+            default_grpc_port=entry("classify").grpc_port,
+        )
+    )

@@ -58,6 +58,12 @@ class ClassifyModel(ModelService):
             "predictions": [{"label": self.labels[i], "score": float(scores[i])} for i in order]
         }
 
+    def summarize(self, output: np.ndarray) -> dict[str, Any]:
+        """The prediction log's output: top-1 label and its softmax score."""
+        shifted = np.exp(output - output.max())
+        best = int(shifted.argmax())
+        return {"label": self.labels[best], "score": round(float(1.0 / shifted.sum()), 6)}
+
     def tensor_specs(self) -> tuple[list[TensorSpec], list[TensorSpec]]:
         return self.model.inputs, self.model.outputs
 

@@ -9,4 +9,10 @@ from services.similarity.service import SimilarityService  # noqa: E402
 from shared.serve import run  # noqa: E402
 
 if __name__ == "__main__":
-    raise SystemExit(run(SimilarityService, default_port=entry("similarity").port))
+    raise SystemExit(
+        run(
+            SimilarityService,
+            default_port=entry("similarity").port,
+            default_grpc_port=entry("similarity").grpc_port,
+        )
+    )

@@ -125,6 +125,11 @@ class SimilarityModel(ModelService):
     def gallery_info(self, _: None, call: Call) -> dict[str, Any]:
         return self.gallery_facts()
 
+    def summarize(self, output: np.ndarray) -> dict[str, Any]:
+        """The prediction log's output: how many embeddings, and their norms."""
+        norms = np.linalg.norm(output, axis=1)
+        return {"embeddings": len(output), "norms": [round(float(n), 6) for n in norms]}
+
     # ---- Open Inference Protocol v2 --------------------------------------------------------
     def tensor_specs(self) -> tuple[list[TensorSpec], list[TensorSpec]]:
         return self.model.inputs, self.model.outputs

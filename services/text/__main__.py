@@ -9,4 +9,6 @@ from services.text.service import TextService  # noqa: E402
 from shared.serve import run  # noqa: E402
 
 if __name__ == "__main__":
-    raise SystemExit(run(TextService, default_port=entry("text").port))
+    raise SystemExit(
+        run(TextService, default_port=entry("text").port, default_grpc_port=entry("text").grpc_port)
+    )

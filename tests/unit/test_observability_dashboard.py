@@ -13,10 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 import yaml
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.tinydrift import seed_drift_cache
 from tests.unit.conftest import png_bytes
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -93,6 +95,13 @@ def rule_definitions() -> tuple[dict[str, str], list[tuple[str, str]]]:
     return recorded, alerts
 
 
+@pytest.fixture
+def cache_dir(tmp_path: Path) -> Path:
+    """The `client` serves a bundle with a drift reference, so drift gauges are exported."""
+    seed_drift_cache(tmp_path / "cache")
+    return tmp_path / "cache"
+
+
 def scraped_series(client: TestClient) -> set[str]:
     """Sample names of a real /metrics scrape after one real request went through the model."""
     digit = np.zeros((8, 8), dtype=np.uint8)
@@ -120,6 +129,8 @@ def test_dashboard_covers_what_the_issue_asks_for() -> None:
         "modelplane_queue_wait_seconds_bucket",
         "modelplane_model_info",
         "modelplane_ready",
+        "modelplane_drift_p_value",
+        "modelplane_prediction_log_dropped_total",
     ):
         assert needed in names, f"no panel shows {needed}"
     dashboard = json.loads(DASHBOARDS[0].read_text())

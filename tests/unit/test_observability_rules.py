@@ -67,6 +67,7 @@ def test_the_issue_asks_for_these_alerts() -> None:
         "ModelplaneQueueSaturated",
         "ModelplaneModelLoadFailing",
         "ModelplaneModelVersionChanged",
+        "ModelplaneDataDrift",
     }
     assert expected <= alert_names()
 

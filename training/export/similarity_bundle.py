@@ -22,6 +22,7 @@ from shared.bundle import Bundle, open_bundle, write_manifest
 from shared.cache import FetchedModel
 from shared.errors import BundleError
 from shared.onnx import OnnxModel
+from training.export.reference import write_reference
 
 GALLERY_ITEMS = "gallery.json"
 SAMPLE_INPUTS = "sample_inputs.npy"
@@ -88,6 +89,10 @@ def write_bundle(
     items = {"ids": data.gallery_ids, "labels": data.gallery_labels}
     (out / GALLERY_ITEMS).write_text(json.dumps(items) + "\n")
     shutil.copyfile(source.file(source.manifest["torch_weights"]), out / "weights.safetensors")
+    files = {name: entry["file"] for name, entry in entries.items()}
+    val = data.inputs["val"]  # what each variant made of held-out digits: the drift reference
+    specs = (source.inputs, source.outputs)
+    drift = write_reference(out, "embedding/1", val, files, specs, f"validation split, {len(val)}")
     write_manifest(
         out,
         {
@@ -112,6 +117,7 @@ def write_bundle(
                 "index": args.index,
                 "hnsw_m": args.hnsw_m,
             },
+            "drift": drift,
         },
     )
     return verify(out)

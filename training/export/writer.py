@@ -13,6 +13,7 @@ from shared.cache import FetchedModel
 from shared.errors import BundleError
 from shared.onnx import OnnxModel
 from training.export.evaluate import Figures
+from training.export.reference import bundle_reference
 
 SAMPLE_INPUTS = "sample_inputs.npy"
 REPORT = "report.md"
@@ -48,6 +49,8 @@ def write_bundle(
         np.save(out / expected, model.run({"input": sample})[0])
         variants[fig.name] = {**fig.to_manifest(), "file": file, "expected_outputs": expected}
     shutil.copyfile(source.file(source.manifest["torch_weights"]), out / "weights.safetensors")
+    files = {name: entry["file"] for name, entry in variants.items()}
+    drift = bundle_reference(out, source, files)  # classify: what each variant made of val
     return write_manifest(
         out,
         {
@@ -66,6 +69,7 @@ def write_bundle(
             "report": REPORT,
             "tradeoffs_plot": PLOT,
             "export": export_info,
+            **({"drift": drift} if drift else {}),
         },
     )
 

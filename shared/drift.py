@@ -1,0 +1,221 @@
+"""Live drift: the features of served items, tested against the bundle's reference.
+
+The export stage stores, per variant, the features of held-out data as the model saw it
+(`drift.<variant>.npy`, rows x columns, listed and checksummed like every bundle file). A
+service keeps the same features of its last `DRIFT_WINDOW` items and tests that window against
+the reference every `DRIFT_CHECK_EVERY` items, off the request path, with scipy:
+- `features`: a two-sample Kolmogorov-Smirnov test per column, Bonferroni-corrected (what Alibi
+  Detect's KSDrift does; Alibi Detect itself pins numpy<2, Pillow<11 and transformers<5);
+- `classes` (classifiers): a chi-square test of the window's predicted-class counts against the
+  reference's (the prior shift a KS test on single columns can miss).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+from shared.bundle import Bundle
+from shared.errors import BundleError
+
+MIN_ITEMS = 30  # fewer items than this in the window: no test (its p-values mean little)
+MIN_REFERENCE = 50
+
+
+def _moments(inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    flat = inputs.reshape(len(inputs), -1).astype(np.float64)
+    return flat.mean(1), flat.std(1)
+
+
+def classifier_features(inputs: np.ndarray, logits: np.ndarray) -> np.ndarray:
+    """Rows of (input mean, input std, top-1 softmax score, logits...) of a batch; an item is
+    one input (C, H, W) and its logits."""
+    mean, std = _moments(inputs)
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    confidence = 1.0 / shifted.sum(1)  # the top score: exp(0) over the sum
+    return np.column_stack([mean, std, confidence, logits]).astype(np.float32)
+
+
+def embedding_features(inputs: np.ndarray, embeddings: np.ndarray) -> np.ndarray:
+    """Rows of (input mean, input std, embedding norm, embedding...) of a batch; an item is a
+    stack of images (n, C, H, W) and its embeddings (n, D)."""
+    mean, std = _moments(inputs)
+    norm = np.linalg.norm(embeddings.reshape(len(embeddings), -1), axis=1)
+    return np.column_stack([mean, std, norm, embeddings]).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class FeatureSet:
+    """How one kind of model's items become feature rows; `classes_from` is the first logit
+    column for classifiers (the predicted class is the argmax from there), else None."""
+
+    compute: Callable[[np.ndarray, np.ndarray], np.ndarray]
+    head: tuple[str, ...]
+    tail: str
+    classes_from: int | None
+    stacked: bool = False  # an item holds several inputs: concatenated, not stacked
+
+    def columns(self, width: int) -> list[str]:
+        return [*self.head, *(f"{self.tail}_{i}" for i in range(width - len(self.head)))]
+
+
+FEATURE_SETS = {
+    "classifier/1": FeatureSet(
+        classifier_features, ("input_mean", "input_std", "score"), "logit", 3
+    ),
+    "embedding/1": FeatureSet(
+        embedding_features, ("input_mean", "input_std", "norm"), "dim", None, stacked=True
+    ),
+}
+
+
+def features_of(kind: str, items: list[Any], outputs: list[Any]) -> np.ndarray:
+    """Feature rows of served (preprocessed item, output) pairs."""
+    features = FEATURE_SETS[kind]
+    join = np.concatenate if features.stacked else np.stack
+    return features.compute(join(items), join(outputs))
+
+
+@dataclass(frozen=True)
+class DriftReference:
+    """What the model saw on held-out data: feature rows of one variant."""
+
+    kind: str
+    rows: np.ndarray
+    source: str
+
+    @classmethod
+    def from_bundle(cls, bundle: Bundle, variant: str) -> DriftReference | None:
+        """The reference of `variant`, None when the bundle has none; a malformed one refuses
+        the load (BundleError)."""
+        entry = bundle.manifest.get("drift")
+        if not entry or variant not in entry.get("files", {}):
+            return None
+        kind = entry.get("features")
+        if kind not in FEATURE_SETS:
+            raise BundleError(f"drift features {kind!r} unknown; known: {sorted(FEATURE_SETS)}")
+        rows = bundle.load_array(entry["files"][variant])
+        if rows.ndim != 2 or len(rows) < MIN_REFERENCE or not np.isfinite(rows).all():
+            raise BundleError(
+                f"drift reference of {variant!r} must be {MIN_REFERENCE}+ finite rows, "
+                f"got shape {rows.shape}"
+            )
+        return cls(kind, rows.astype(np.float64), str(entry.get("source", "")))
+
+    def classes(self, rows: np.ndarray) -> np.ndarray | None:
+        start = FEATURE_SETS[self.kind].classes_from
+        return None if start is None else rows[:, start:].argmax(1)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One two-sample test of the window against the reference."""
+
+    statistic: float
+    p_value: float
+    drifted: bool
+    detail: dict[str, Any]
+
+
+class DriftMonitor:
+    """A sliding window of feature rows and its tests against one reference (thread-safe)."""
+
+    def __init__(self, reference: DriftReference, window: int, check_every: int, p_value: float):
+        self.reference = reference
+        self.columns = FEATURE_SETS[reference.kind].columns(reference.rows.shape[1])
+        self.window: deque[np.ndarray] = deque(maxlen=window)
+        self.check_every = check_every
+        self.threshold = p_value
+        self.seen = 0
+        self.last: dict[str, Verdict] = {}
+        self.checked_at_items = 0
+        self.checked_time: float | None = None
+        self._due = 0
+        self._lock = threading.Lock()
+        ref_classes = reference.classes(reference.rows)
+        width = reference.rows.shape[1] - (FEATURE_SETS[reference.kind].classes_from or 0)
+        self._ref_counts = None if ref_classes is None else np.bincount(ref_classes, None, width)
+        self.tests = ("features",) if self._ref_counts is None else ("features", "classes")
+
+    def add(self, rows: np.ndarray) -> bool:
+        """Add served rows; True when a test is due (every `check_every` items)."""
+        if rows.shape[1] != len(self.columns):
+            raise ValueError(
+                f"{rows.shape[1]} feature columns; the reference has {len(self.columns)}"
+            )
+        with self._lock:
+            self.window.extend(rows)
+            self.seen += len(rows)
+            self._due += len(rows)
+            if self._due < self.check_every or len(self.window) < MIN_ITEMS:
+                return False
+            self._due = 0
+            return True
+
+    def check(self) -> dict[str, Verdict]:
+        """Test the current window (nothing below MIN_ITEMS items); keeps the result."""
+        with self._lock:
+            rows = np.array(self.window, dtype=np.float64)
+            seen = self.seen
+        if len(rows) < MIN_ITEMS:
+            return {}
+        results = {"features": self._ks(rows)}
+        if self._ref_counts is not None:
+            results["classes"] = self._classes(rows)
+        with self._lock:
+            self.last, self.checked_at_items, self.checked_time = results, seen, time.time()
+        return results
+
+    def _ks(self, rows: np.ndarray) -> Verdict:
+        found = stats.ks_2samp(self.reference.rows, rows, axis=0)
+        p_values = np.nan_to_num(np.asarray(found.pvalue, dtype=np.float64), nan=1.0)
+        worst = int(np.argmin(p_values))
+        p_value = float(min(1.0, p_values[worst] * len(p_values)))  # Bonferroni
+        statistic = float(np.nanmax(found.statistic))
+        detail = {"column": self.columns[worst], "columns": len(self.columns)}
+        return Verdict(statistic, p_value, p_value < self.threshold, detail)
+
+    def _classes(self, rows: np.ndarray) -> Verdict:
+        assert self._ref_counts is not None
+        served = self.reference.classes(rows)
+        counts = np.bincount(served, None, len(self._ref_counts))
+        table = np.array([self._ref_counts, counts])
+        table = table[:, table.sum(0) > 0]
+        p_value = 1.0 if table.shape[1] < 2 else float(stats.chi2_contingency(table).pvalue)
+        ref_share = self._ref_counts / self._ref_counts.sum()
+        share = counts / counts.sum()
+        distance = float(0.5 * np.abs(ref_share - share).sum())  # total variation
+        detail = {"window_counts": counts.tolist(), "reference_share": ref_share.round(4).tolist()}
+        return Verdict(distance, p_value, p_value < self.threshold, detail)
+
+    def report(self) -> dict[str, Any]:
+        """GET /v1/model/drift for this model: the window, the last tests, the verdict."""
+        with self._lock:
+            last, checked, seen = self.last, self.checked_at_items, self.seen
+            size, when = len(self.window), self.checked_time
+        return {
+            "features": self.reference.kind,
+            "reference": {"items": len(self.reference.rows), "source": self.reference.source},
+            "window": {"size": self.window.maxlen, "items": size},
+            "items_seen": seen,
+            "checked_at_items": checked,
+            "p_value_threshold": self.threshold,
+            "drifted": any(result.drifted for result in last.values()),
+            "tests": {
+                name: {
+                    "statistic": result.statistic,
+                    "p_value": result.p_value,
+                    "drifted": result.drifted,
+                    **result.detail,
+                }
+                for name, result in last.items()
+            },
+            "checked_time": when,
+        }

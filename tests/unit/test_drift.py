@@ -1,0 +1,191 @@
+"""Drift detection on real digits: the reference the bundle carries, clean held-out traffic that
+must not alarm (false-alarm rate over repeated windows), and rotated / inverted / noisy digits
+that must, within a stated number of items; plus the service's GET /v1/model/drift and gauges."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
+
+from services.classify.service import ClassifyService
+from shared.app import create_app
+from shared.bundle import Bundle, open_bundle, read_manifest, write_manifest
+from shared.drift import DriftMonitor, DriftReference, features_of
+from shared.errors import BundleError
+from shared.media import ImageSpec
+from shared.onnx import OnnxModel
+from shared.settings import ServingSettings
+from tests.procs import poll_until
+from tests.tinydrift import CLEAN, CORRUPTIONS, digit_pixels, model_inputs, pngs, seed_drift_cache
+from tests.unit.conftest import DEAD_REGISTRY, wait_ready
+
+WINDOW = 100
+P_VALUE = 0.001
+REPEATS = 200
+#: stated detection delay: corrupted items after which every repetition has alarmed
+WITHIN = {"rotated": 60, "inverted": 60, "noisy": 100}
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> Bundle:
+    return open_bundle(seed_drift_cache(tmp_path_factory.mktemp("cache")))
+
+
+@pytest.fixture(scope="module")
+def reference(bundle: Bundle) -> DriftReference:
+    found = DriftReference.from_bundle(bundle, "fp32")
+    assert found is not None
+    return found
+
+
+def served_features(bundle: Bundle, images: np.ndarray) -> np.ndarray:
+    """The feature rows the service computes for these images (same model, same code)."""
+    model = OnnxModel.from_bundle(bundle, "fp32", 1)
+    inputs = model_inputs(images)
+    return features_of("classifier/1", list(inputs), list(model.run({"input": inputs})[0]))
+
+
+def full_window(reference: DriftReference, rows: np.ndarray) -> DriftMonitor:
+    monitor = DriftMonitor(reference, WINDOW, 10, P_VALUE)
+    monitor.add(rows)
+    return monitor
+
+
+def test_reference_holds_one_row_per_held_out_digit_per_variant(bundle: Bundle) -> None:
+    entry = bundle.manifest["drift"]
+    assert entry["features"] == "classifier/1"
+    assert set(entry["files"]) == set(bundle.variants)
+    rows = bundle.load_array(entry["files"]["fp32"])
+    assert rows.shape == (entry["items"], 13)  # mean, std, score, 10 logits
+    assert rows.dtype == np.float32
+
+
+def test_clean_held_out_digits_rarely_raise_a_false_alarm(
+    bundle: Bundle, reference: DriftReference
+) -> None:
+    clean = served_features(bundle, digit_pixels(CLEAN))
+    rng = np.random.default_rng(0)
+    alarms = {"features": 0, "classes": 0}
+    for _ in range(REPEATS):
+        window = clean[rng.choice(len(clean), WINDOW, replace=False)]
+        for test, result in full_window(reference, window).check().items():
+            alarms[test] += result.drifted
+    rates = {test: count / REPEATS for test, count in alarms.items()}
+    print(f"false-alarm rate over {REPEATS} windows of {WINDOW} clean digits: {rates}")
+    assert max(rates.values()) <= 0.02
+
+
+@pytest.mark.parametrize("corruption", sorted(CORRUPTIONS))
+def test_corrupted_digits_raise_the_alarm_within_the_stated_items(
+    bundle: Bundle, reference: DriftReference, corruption: str
+) -> None:
+    clean = served_features(bundle, digit_pixels(CLEAN))
+    corrupted = served_features(bundle, CORRUPTIONS[corruption](digit_pixels(CLEAN)))
+    rng = np.random.default_rng(1)
+    delays = []
+    for _ in range(20):  # a window of clean traffic, then corrupted digits arrive 10 at a time
+        monitor = full_window(reference, clean[rng.choice(len(clean), WINDOW, replace=False)])
+        assert not any(r.drifted for r in monitor.check().values())
+        order = rng.permutation(len(corrupted))
+        for sent in range(10, len(corrupted) + 1, 10):
+            monitor.add(corrupted[order[sent - 10 : sent]])
+            if any(result.drifted for result in monitor.check().values()):
+                delays.append(sent)
+                break
+        else:
+            delays.append(len(corrupted) + 1)
+    print(f"{corruption}: items until alarm, median {np.median(delays):.0f}, max {max(delays)}")
+    assert max(delays) <= WITHIN[corruption]
+
+
+def test_one_class_only_is_a_predicted_class_shift(
+    bundle: Bundle, reference: DriftReference
+) -> None:
+    from sklearn.datasets import load_digits
+
+    labels = load_digits().target[CLEAN]
+    rows = served_features(bundle, digit_pixels(CLEAN[labels == 3]))
+    result = full_window(reference, rows).check()["classes"]
+    assert result.drifted and result.statistic > 0.5  # total variation: mostly one class
+
+
+def test_a_reference_of_the_wrong_shape_refuses_the_load(tmp_path: Path) -> None:
+    bundle_dir = seed_drift_cache(tmp_path / "cache")
+    np.save(bundle_dir / "drift.fp32.npy", np.zeros((3, 13), np.float32))
+    manifest = read_manifest(bundle_dir)
+    manifest.pop("files")
+    write_manifest(bundle_dir, manifest)
+    with pytest.raises(BundleError, match="drift reference"):
+        DriftReference.from_bundle(open_bundle(bundle_dir), "fp32")
+
+
+@pytest.fixture
+def drift_client(tmp_path: Path) -> Iterator[TestClient]:
+    seed_drift_cache(tmp_path / "cache")
+    settings = ServingSettings(
+        mlflow_tracking_uri=DEAD_REGISTRY,
+        model_cache_dir=tmp_path / "cache",
+        onnx_intra_op_threads=1,
+        drift_window=WINDOW,
+        drift_p_value=P_VALUE,
+        log_json=False,
+    )
+    with TestClient(create_app(ClassifyService, settings)) as client:
+        wait_ready(client)
+        yield client
+
+
+def gauges(client: TestClient) -> dict[tuple[str, str], float]:
+    text = client.get("/metrics").text
+    return {
+        (sample.name, sample.labels.get("test", "")): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name.startswith("modelplane_drift_")
+    }
+
+
+def test_drift_endpoint_and_gauges_follow_the_served_traffic(drift_client: TestClient) -> None:
+    quiet = drift_client.get("/v1/model/drift").json()["models"]["classify"]
+    assert quiet["available"] and quiet["window"] == {"size": WINDOW, "items": 0}
+    assert gauges(drift_client)[("modelplane_drift_detected", "features")] == 0
+    for body in pngs(CORRUPTIONS["inverted"](digit_pixels(CLEAN[:WINDOW]))):
+        answer = drift_client.post(
+            "/v1/classify", content=body, headers={"content-type": "image/png"}
+        )
+        assert answer.status_code == 200
+
+    def seen_all() -> dict | None:
+        report = drift_client.get("/v1/model/drift").json()
+        return report if report["models"]["classify"]["items_seen"] == WINDOW else None
+
+    report = poll_until(seen_all, 10, "the observer saw every request")
+    assert report["drifted"] is True
+    entry = report["models"]["classify"]
+    assert entry["tests"]["features"]["drifted"] and entry["tests"]["features"]["p_value"] < P_VALUE
+    assert entry["reference"]["items"] == 297
+    found = gauges(drift_client)
+    assert found[("modelplane_drift_detected", "features")] == 1
+    assert found[("modelplane_drift_window_items", "")] == WINDOW
+    assert found[("modelplane_drift_p_value", "features")] < P_VALUE
+
+
+def test_the_export_stores_each_variants_view_of_the_validation_digits(tmp_path: Path) -> None:
+    from tests.tinymodels import write_tiny_bundle
+    from training.data import load_splits, preprocess
+    from training.export.reference import bundle_reference
+
+    source = open_bundle(write_tiny_bundle(tmp_path / "bundle", fitted=True))
+    entry = bundle_reference(source.path, source, {"fp32": "model.onnx"})
+    assert entry is not None and entry["features"] == "classifier/1"
+    rows = np.load(source.path / entry["files"]["fp32"], allow_pickle=False)
+    val = preprocess(load_splits()["val"].images, ImageSpec.from_manifest(source.preprocessing))
+    assert rows.shape == (len(val), 13) == (entry["items"], 13)
+    np.testing.assert_allclose(rows[:, 0], val.reshape(len(val), -1).mean(1), atol=1e-5)
+    logits = OnnxModel.from_bundle(source, "fp32", 1).run({"input": val})[0]
+    np.testing.assert_allclose(rows[:, 3:], logits, atol=1e-5)
