@@ -9,6 +9,7 @@ plus safetensors weights, so nothing is ever unpickled. The stems are adapted fo
 from __future__ import annotations
 
 import re
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import torch
 import torchvision
 from safetensors.torch import load_file, save_file
 from torch import nn
+from torchvision.models.densenet import _DenseBlock, _Transition
 
 from shared.bundle import Bundle, write_manifest
 from shared.media import ImageSpec
@@ -38,6 +40,7 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
         "block_config": [6, 6, 6],
         "num_init_features": 24,
         "bn_size": 4,
+        "compression": 0.5,
         "drop_rate": 0.0,
         "stem_kernel_size": 3,
         "stem_stride": 1,
@@ -45,6 +48,9 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
     },
 }
 
+# Settings added after bundles were first registered, with the value those bundles were built
+# with, so an older manifest still rebuilds exactly its network.
+_ADDED_LATER: dict[str, dict[str, Any]] = {"densenet": {"compression": 0.5}}
 _BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 # torchvision's ImageNet DenseNets, as (growth_rate, block_config, num_init_features).
 _DENSENET_BUILDERS = {
@@ -71,12 +77,16 @@ def architecture_config(name: str, num_classes: int, **overrides: Any) -> dict[s
     config = {"name": name, "num_classes": int(num_classes), **_DEFAULTS[name], **overrides}
     if "block_config" in config:
         config["block_config"] = [int(n) for n in config["block_config"]]
+        if not config["block_config"] or min(config["block_config"]) < 1:
+            raise ValueError(f"block_config needs at least one block of >= 1 layer, got {config}")
+    if "compression" in config and not 0.0 < float(config["compression"]) <= 1.0:
+        raise ValueError(f"compression must be in (0, 1], got {config['compression']}")
     return config
 
 
 def build_model(architecture: dict[str, Any]) -> nn.Module:
     """A freshly initialized net from its architecture dict (as stored in the manifest)."""
-    config = dict(architecture)
+    config = {**_ADDED_LATER.get(architecture.get("name"), {}), **architecture}
     name = config.pop("name", None)
     num_classes = config.pop("num_classes", None)
     if name not in _DEFAULTS or num_classes is None:
@@ -124,22 +134,50 @@ def _densenet(
     block_config: list[int],
     num_init_features: int,
     bn_size: int,
+    compression: float,
     drop_rate: float,
     stem_kernel_size: int,
     stem_stride: int,
     pool0: bool,
 ) -> nn.Module:
-    model = torchvision.models.DenseNet(
-        growth_rate=growth_rate,
-        block_config=tuple(block_config),
-        num_init_features=num_init_features,
-        bn_size=bn_size,
-        drop_rate=drop_rate,
-        num_classes=num_classes,
+    """A DenseNet-BC whose transitions keep `compression` of their input channels.
+
+    torchvision's DenseNet fixes the transition compression at 0.5, so the features are rebuilt
+    here from its dense blocks and transitions, with the same module names: torchvision
+    weights, the pruner and the explain layers see the same network, and compression 0.5 gives
+    exactly torchvision's state dict.
+    """
+    stem = _stem_conv(in_channels, num_init_features, stem_kernel_size, stem_stride)
+    features = nn.Sequential(
+        OrderedDict(
+            conv0=stem,
+            norm0=nn.BatchNorm2d(num_init_features),
+            relu0=nn.ReLU(inplace=True),
+            pool0=nn.MaxPool2d(kernel_size=3, stride=2, padding=1) if pool0 else nn.Identity(),
+        )
     )
-    model.features.conv0 = _stem_conv(in_channels, num_init_features, stem_kernel_size, stem_stride)
-    if not pool0:
-        model.features.pool0 = nn.Identity()
+    channels = num_init_features
+    for i, layers in enumerate(block_config, start=1):
+        block = _DenseBlock(layers, channels, bn_size, growth_rate, drop_rate)
+        features.add_module(f"denseblock{i}", block)
+        channels += layers * growth_rate
+        if i < len(block_config):
+            kept = max(1, int(channels * compression))
+            features.add_module(f"transition{i}", _Transition(channels, kept))
+            channels = kept
+    features.add_module("norm5", nn.BatchNorm2d(channels))
+    model = torchvision.models.DenseNet(
+        growth_rate=growth_rate, block_config=(1,), num_init_features=1, num_classes=num_classes
+    )
+    model.features, model.classifier = features, nn.Linear(channels, num_classes)
+    for module in model.modules():  # torchvision's DenseNet init; the stem keeps its own
+        if isinstance(module, nn.Conv2d) and module is not stem:
+            nn.init.kaiming_normal_(module.weight)
+        elif isinstance(module, nn.BatchNorm2d):
+            nn.init.constant_(module.weight, 1)
+            nn.init.constant_(module.bias, 0)
+        elif isinstance(module, nn.Linear):
+            nn.init.constant_(module.bias, 0)
     return model
 
 

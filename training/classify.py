@@ -1,8 +1,10 @@
 """python -m training.classify: train a digits classifier, log it to MLflow, register it.
 
-Trains a torchvision ResNet-18 (or a small DenseNet) on scikit-learn's real 8x8 digits, from
-scratch, from torchvision ImageNet weights (`--weights`) or from another registered classify
-model's backbone (`--init-from`); logs params, per-epoch curves, test metrics and plots; and
+Trains a torchvision ResNet-18 (or a DenseNet-BC: growth rate, bottleneck, block layout and
+transition compression are flags) on scikit-learn's real 8x8 digits, from scratch, from
+torchvision ImageNet weights (`--weights`) or from another registered classify model's backbone
+(`--init-from`), optionally easy-to-hard (`--curriculum`) and with a torchvision v2 augmentation
+policy (`--augment`); logs params, per-epoch curves, test metrics and plots; and
 registers `<model-name>@<alias>` (default `classify-torch@candidate`): safetensors weights plus
 the architecture dict, preprocessing and labels that export and the services rebuild from.
 """
@@ -65,7 +67,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="N",
         help="start frozen; every N epochs unfreeze one more block group, deepest first",
     )
-    add("--augment", action=argparse.BooleanOptionalAction, default=True, help="affine jitter")
+    dense = p.add_argument_group("DenseNet (--arch densenet)").add_argument
+    dense("--growth-rate", type=int, help="channels each dense layer adds (k; default 12)")
+    dense("--bn-size", type=int, help="bottleneck width in multiples of k (default 4)")
+    dense("--block-config", type=int_list, help="layers per dense block (default 6,6,6)")
+    dense("--num-init-features", type=int, help="stem channels (default 24)")
+    dense("--compression", type=float, help="share of channels a transition keeps (default 0.5)")
+    add("--augment", choices=digits.AUGMENTATIONS, default="affine", help="training augmentation")
+    add("--curriculum", action="store_true", help="easy to hard by a reference model's loss")
+    add(
+        "--curriculum-start",
+        type=float,
+        default=0.3,
+        help="share of the easiest examples the curriculum starts with (all from mid-training)",
+    )
     add("--train-limit", type=int, help="at most this many training images (300 with --quick)")
     add("--seed", type=int, default=0, help="seeds weight init, shuffling and augmentation")
     add("--quick", action="store_true", help="a tiny run that finishes in seconds (tests, CI)")
@@ -85,10 +100,28 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--init-from keeps the source model's architecture and input size")
     if args.unfreeze_every is not None and args.unfreeze_every < 1:
         p.error("--unfreeze-every needs a positive number of epochs")
+    if densenet_settings(args) and (args.arch != "densenet" or args.weights or args.init_from):
+        p.error("the DenseNet flags shape a fresh --arch densenet (not --weights / --init-from)")
+    if not 0.0 < args.curriculum_start <= 1.0:
+        p.error("--curriculum-start is a fraction in (0, 1]")
     for key, value in (QUICK if args.quick else FULL).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
     return args
+
+
+def int_list(text: str) -> list[int]:
+    """`6,6,6` as a list of ints (argparse type)."""
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from exc
+
+
+def densenet_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The DenseNet flags given, as `architecture_config` overrides."""
+    keys = ("growth_rate", "bn_size", "block_config", "num_init_features", "compression")
+    return {key: getattr(args, key) for key in keys if getattr(args, key) is not None}
 
 
 def digit_list(text: str) -> list[int]:
@@ -114,10 +147,12 @@ class Setup:
     source_run_id: str | None = None
 
 
-def resolve_setup(args: argparse.Namespace, registry: RegistryClient) -> Setup:
+def resolve_setup(args: argparse.Namespace, registry: RegistryClient | None) -> Setup:
     """Architecture and ImageSpec from the flags, or inherited from the `--init-from` model."""
     classes = args.classes or digits.normalize_classes(None)
     if args.init_from:
+        if registry is None:
+            raise ValueError("--init-from needs the model registry")
         source = registry.fetch(args.init_from, args.cache_dir)
         architecture = {**source.bundle.manifest["architecture"], "num_classes": len(classes)}
         spec = ImageSpec.from_manifest(source.bundle.preprocessing)
@@ -131,7 +166,9 @@ def resolve_setup(args: argparse.Namespace, registry: RegistryClient) -> Setup:
             raise ValueError(f"{args.weights} are {architecture['name']} weights, not {args.arch}")
     else:
         name = args.arch or "resnet18"
-        architecture = arch.architecture_config(name, len(classes), in_channels=args.channels)
+        architecture = arch.architecture_config(
+            name, len(classes), in_channels=args.channels, **densenet_settings(args)
+        )
     return Setup(architecture, spec, classes)
 
 
@@ -206,14 +243,20 @@ def train_epoch(
 def fit(model: nn.Module, data: Data, args: argparse.Namespace, spec: ImageSpec) -> dict[str, list]:
     """Train, log each epoch, and keep the weights of the best validation epoch."""
     train = data.splits["train"]
-    jitter = digits.train_augmentation(spec) if args.augment else None
+    curriculum = None
+    if args.curriculum:
+        scores = digits.difficulty(train.images, train.labels)
+        curriculum = digits.CurriculumSampler(
+            scores, epochs=args.epochs, start=args.curriculum_start, seed=args.seed
+        )
     loader = digits.make_loader(
         data.inputs["train"],
         train.labels,
         batch_size=args.batch_size,
-        transform=jitter,
+        transform=digits.train_augmentation(spec, args.augment),
         shuffle=True,
         seed=args.seed,
+        sampler=curriculum,
     )
     optimizer, scheduler = optimizer_and_schedule(model, args, args.epochs * len(loader))
     criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
@@ -230,6 +273,9 @@ def fit(model: nn.Module, data: Data, args: argparse.Namespace, spec: ImageSpec)
             unfreeze_every=args.unfreeze_every,
         )
         thawed = arch.set_trainable_groups(model, count)
+        if curriculum is not None:
+            curriculum.set_epoch(epoch - 1)
+            mlflow.log_metric("curriculum_pool", curriculum.pool_size(), step=epoch)
         arch.train_mode(model)
         train_loss, train_accuracy = train_epoch(model, loader, criterion, optimizer, scheduler)
         val_logits = predict(model, data.inputs["val"])
@@ -260,6 +306,9 @@ def evaluate(model: nn.Module, data: Data, history: dict[str, list]) -> dict[str
     test = data.splits["test"]
     predicted = predict(model, data.inputs["test"]).argmax(1).numpy()
     metrics = tracking.classification_metrics(test.labels, predicted, test.label_names, "test")
+    # the floor: always answering the most frequent training class
+    majority = np.bincount(data.splits["train"].labels).argmax()
+    metrics["test_majority_accuracy"] = float(np.mean(test.labels == majority))
     mlflow.log_metrics(metrics)
     matrix = tracking.confusion_matrix_figure(test.labels, predicted, test.label_names)
     tracking.log_figure(matrix, "plots/confusion_matrix.png")
@@ -336,6 +385,13 @@ def log_setup(args: argparse.Namespace, setup: Setup, data: Data, model: nn.Modu
     return commit
 
 
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch: weight init, shuffling and augmentation follow `seed`."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
@@ -346,9 +402,7 @@ def main(argv: list[str] | None = None) -> int:
     except (RegistryError, BundleError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
+    seed_everything(args.seed)
     data = prepare_data(args, setup)
     model = initial_model(args, setup)
     mlflow.set_experiment(args.experiment)
@@ -369,7 +423,8 @@ def main(argv: list[str] | None = None) -> int:
         version = register_bundle(model, args, setup, data, source, metrics)
     say(
         f"registered {args.model_name} version {version} @{args.alias}: test accuracy "
-        f"{metrics['test_accuracy']:.2%}, macro F1 {metrics['test_macro_f1']:.4f} "
+        f"{metrics['test_accuracy']:.2%} (majority class {metrics['test_majority_accuracy']:.2%}), "
+        f"macro F1 {metrics['test_macro_f1']:.4f} "
         f"({time.perf_counter() - started:.0f}s)"
     )
     return 0

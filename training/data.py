@@ -3,14 +3,17 @@
 Every example goes through `shared.media.image_to_array(gray_to_image(u8), spec)`, the function
 a service runs on a request, so training, export and serving see identical inputs. The split is
 fixed (stratified 70/15/15, seed 0) and independent of the training seed, so the export stage can
-rebuild the exact held-out test set from a manifest's preprocessing and class subset.
+rebuild the exact held-out test set from a manifest's preprocessing and class subset. Training
+options live here too: augmentation policies (`train_augmentation`) and the curriculum's
+difficulty score and sampler.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Sequence
+import math
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cache
 
@@ -18,7 +21,7 @@ import numpy as np
 import torch
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms import v2
 
 from shared.media import ImageSpec, gray_to_image, image_to_array
@@ -28,6 +31,7 @@ SPLIT_SEED = 0
 VAL_FRACTION = 0.15
 TEST_FRACTION = 0.15
 ALL_CLASSES = tuple(range(10))
+AUGMENTATIONS = ("none", "affine", "randaugment", "trivialaugment")
 
 
 def image_spec(size: int = 32, channels: int = 3) -> ImageSpec:
@@ -166,9 +170,103 @@ class Jitter:
         return self.affine(x - self.background) + self.background
 
 
-def train_augmentation(spec: ImageSpec) -> Jitter:
-    """The training-only augmentation for `spec`."""
-    return Jitter(spec)
+class AutoAugment:
+    """A torchvision v2 auto-augment policy on the uint8 image behind a preprocessed tensor.
+
+    RandAugment (2 ops at magnitude 9 of 31) and TrivialAugmentWide (1 op, random magnitude) are
+    defined on uint8 pixels (posterize, solarize, equalize), so the tensor is mapped back to the
+    0..255 image serving's preprocessing made, augmented, and normalized again. Background is 0,
+    the policies' fill. TrivialAugmentWide rotates up to 135 degrees, enough to turn a 6 into a
+    9: the curriculum study measures what that costs.
+    """
+
+    def __init__(self, spec: ImageSpec, policy: str) -> None:
+        self.mean = torch.tensor(spec.mean, dtype=torch.float32).view(-1, 1, 1)
+        self.std = torch.tensor(spec.std, dtype=torch.float32).view(-1, 1, 1)
+        if policy == "randaugment":
+            self.policy: v2.Transform = v2.RandAugment(num_ops=2, magnitude=9)
+        elif policy == "trivialaugment":
+            self.policy = v2.TrivialAugmentWide()
+        else:
+            raise ValueError(f"unknown auto-augment policy {policy!r}")
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        pixels = ((x * self.std + self.mean) * 255).round().clamp(0, 255).to(torch.uint8)
+        return (self.policy(pixels).to(torch.float32) / 255 - self.mean) / self.std
+
+
+def train_augmentation(
+    spec: ImageSpec, policy: str = "affine"
+) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """The training-only augmentation `policy` (one of AUGMENTATIONS) for `spec`; None for none."""
+    if policy not in AUGMENTATIONS:
+        raise ValueError(f"unknown augmentation {policy!r}; choose one of {AUGMENTATIONS}")
+    if policy == "none":
+        return None
+    return Jitter(spec) if policy == "affine" else AutoAugment(spec, policy)
+
+
+def difficulty(images: np.ndarray, labels: np.ndarray, folds: int = 5) -> np.ndarray:
+    """Each example's difficulty: the out-of-fold cross-entropy of a pixel logistic regression.
+
+    A linear model on the raw 8x8 pixels is a reference that finds typical, cleanly written
+    digits easy and ambiguous or odd ones hard; out-of-fold, so an example is scored by a model
+    that never saw it (in-fold losses would reward memorization). Deterministic: lbfgs, a fixed
+    fold split.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+
+    folds = min(folds, int(np.bincount(labels).min()))
+    if folds < 2:
+        raise ValueError("the curriculum's difficulty score needs two examples of every class")
+    pixels = images.reshape(len(images), -1).astype(np.float64) / 255.0
+    cv = StratifiedKFold(folds, shuffle=True, random_state=SPLIT_SEED)
+    reference = LogisticRegression(max_iter=2000)
+    proba = cross_val_predict(reference, pixels, labels, cv=cv, method="predict_proba")
+    return -np.log(proba[np.arange(len(labels)), labels].clip(min=1e-12))
+
+
+def competence(epoch: int, epochs: int, start: float) -> float:
+    """Fraction of the easiest examples the curriculum trains on at `epoch` (0-based).
+
+    Linear pacing (Platanios et al., 2019): `start` at the first epoch, all of the data from
+    half-way on, so the second half of training is the plain schedule.
+    """
+    ramp = max(1, epochs // 2)
+    return min(1.0, start + (1.0 - start) * epoch / ramp)
+
+
+class CurriculumSampler(Sampler[int]):
+    """Easy to hard: each epoch draws as many examples as the full set from the easiest pool.
+
+    The pool is the `competence(epoch)` fraction with the lowest difficulty, repeated in fresh
+    random orders to fill the epoch, so every epoch has the plain schedule's number of steps
+    (the same budget). Call `set_epoch` before each pass; the order follows (seed, epoch).
+    """
+
+    def __init__(self, scores: np.ndarray, *, epochs: int, start: float, seed: int) -> None:
+        if not 0.0 < start <= 1.0:
+            raise ValueError(f"the curriculum's start fraction must be in (0, 1], got {start}")
+        self.order = np.argsort(scores, kind="stable")
+        self.epochs, self.start, self.seed, self.epoch = epochs, start, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def pool_size(self) -> int:
+        fraction = competence(self.epoch, self.epochs, self.start)
+        return max(1, math.ceil(fraction * len(self.order)))
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def __iter__(self) -> Iterator[int]:
+        pool = self.order[: self.pool_size()]
+        rng = np.random.default_rng([self.seed, self.epoch])
+        repeats = math.ceil(len(self.order) / len(pool))
+        drawn = np.concatenate([rng.permutation(pool) for _ in range(repeats)])
+        return iter(int(i) for i in drawn[: len(self.order)])
 
 
 class TensorDigits(Dataset):
@@ -200,13 +298,15 @@ def make_loader(
     transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
     shuffle: bool = False,
     seed: int = 0,
+    sampler: Sampler[int] | None = None,
 ) -> DataLoader:
-    """A single-process loader; shuffling follows `seed`, so a run is reproducible."""
+    """A single-process loader; shuffling follows `seed` (or `sampler` orders), reproducibly."""
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(
         TensorDigits(inputs, labels, transform),
         batch_size=batch_size,
-        shuffle=shuffle,
+        shuffle=shuffle and sampler is None,
+        sampler=sampler,
         generator=generator,
     )
 

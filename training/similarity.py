@@ -232,6 +232,7 @@ def evaluate(model: torch.nn.Module, data: Data) -> ev.Evaluation:
         (embedded["test"], labels["test"]),
         (embedded["train"], labels["train"]),
     )
+    result.metrics["test_pixel_auc"] = ev.pixel_auc(data.inputs["test"], labels["test"])
     mlflow.log_metrics(result.metrics)
     ev.log_plots(result, embedded["test"], labels["test"], data.splits["test"].label_names)
     return result
@@ -328,7 +329,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     m = result.metrics
     say(
-        f"registered {args.model_name} version {version} @{args.alias}: AUC {m['test_auc']:.4f}, "
+        f"registered {args.model_name} version {version} @{args.alias}: AUC {m['test_auc']:.4f} "
+        f"(raw pixels {m['test_pixel_auc']:.4f}), "
         f"EER {m['test_eer']:.2%}, recall@1 {m['test_recall_at_1']:.2%}, recall@5 "
         f"{m['test_recall_at_5']:.2%}, mAP {m['test_map']:.4f}, threshold {result.threshold:.4f} "
         f"({time.perf_counter() - started:.0f}s)"

@@ -103,7 +103,7 @@ def test_service_agrees_with_pytorch_on_held_out_digits(
     import torch
 
     from models.classify import load_torch_bundle
-    from training.data import load_test_set
+    from training.data import load_splits, load_test_set
 
     registry_client = RegistryClient(exported.tracking_uri)
     source = registry_client.fetch(
@@ -114,17 +114,23 @@ def test_service_agrees_with_pytorch_on_held_out_digits(
     with torch.no_grad():
         reference = load_torch_bundle(source)(torch.from_numpy(test.inputs)).numpy().argmax(1)
     labels = source.labels
-    agree = 0
+    agree = correct = 0
     with httpx.Client(base_url=service.url, timeout=30) as http:
-        for pixels, ref in zip(test.images, reference, strict=True):
+        for pixels, ref, truth in zip(test.images, reference, test.labels, strict=True):
             response = http.post(
                 "/v1/classify?top_k=1",
                 content=encode_png(gray_to_image(pixels)),
                 headers={"content-type": "image/png"},
             )
             assert response.status_code == 200, response.text
-            agree += response.json()["predictions"][0]["label"] == labels[ref]
+            served = response.json()["predictions"][0]["label"]
+            agree += served == labels[ref]
+            correct += served == labels[truth]
     assert agree / len(test.images) >= 0.99, f"{agree}/{len(test.images)} agree"
+    # the served model learned the digits: far above always answering the majority class (10%)
+    majority = np.bincount(load_splits()["train"].labels).argmax()
+    baseline = float(np.mean(test.labels == majority))
+    assert correct / len(test.images) >= baseline + 0.4, (correct, len(test.images), baseline)
 
 
 def metric_value(text: str, prefix: str) -> float:

@@ -16,6 +16,8 @@ from mlflow.tracking import MlflowClient
 from shared.media import encode_png, gray_to_image
 from shared.registry import RegistryClient
 from tests.procs import free_port, run_module, running, tail, wait_http
+from training import data as digits
+from training import similarity_eval as ev
 from training.data import load_splits
 
 pytestmark = pytest.mark.integration
@@ -76,8 +78,16 @@ def test_training_logged_its_objective_metrics_and_plots(served: Served) -> None
     assert run.data.params["objective.library"] == "pytorch-metric-learning"
     assert run.data.params["objective.loss"] == "TripletMarginLoss"
     assert run.data.params["objective.miner"] == "TripletMarginMiner"
+    metrics = run.data.metrics
     for metric in ("test_auc", "test_eer", "test_recall_at_1", "test_recall_at_5", "test_map"):
-        assert 0.0 <= run.data.metrics[metric] <= 1.0
+        assert 0.0 <= metrics[metric] <= 1.0
+    # the floor: cosine similarity of the raw input pixels on the same held-out pairs
+    test = load_splits()["test"]
+    spec = digits.image_spec(16, 1)
+    pixel_auc = ev.pixel_auc(digits.preprocess(test.images, spec), test.labels)
+    assert metrics["test_pixel_auc"] == pytest.approx(pixel_auc)
+    assert metrics["test_auc"] >= pixel_auc + 0.02, (metrics["test_auc"], pixel_auc)
+    assert metrics["test_recall_at_1"] >= 0.6  # chance (a random gallery item): 10%
     plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
     assert {"plots/roc_curve.png", "plots/test_embeddings_pca.png"} <= plots
     assert "TripletMarginMiner (semi-hard)" in served.train_log
@@ -118,22 +128,27 @@ def test_same_digits_score_above_the_threshold_more_often(served: Served) -> Non
     assert np.mean(same_scores) > np.mean(other_scores)
 
 
-def test_search_returns_the_query_gallery_item_first(served: Served) -> None:
-    train = load_splits()["train"]
-    picks = np.random.default_rng(2).choice(len(train.labels), size=15, replace=False)
+def test_search_with_held_out_queries_finds_their_digit(served: Served) -> None:
+    """Queries are test digits, never gallery items: the top hit must be another image of the
+    same digit, found far more often than chance (10%)."""
+    test = load_splits()["test"]
+    picks = np.random.default_rng(2).choice(len(test.labels), size=30, replace=False)
+    gallery_ids = {f"train-{i}" for i in load_splits()["train"].indices}
+    hits = 0
     with httpx.Client(base_url=served.url, timeout=30) as http:
         for i in picks:
             response = http.post(
-                "/v1/similarity/search", json={"image": b64(train.images[i]), "k": 5}
+                "/v1/similarity/search", json={"image": b64(test.images[i]), "k": 5}
             )
             assert response.status_code == 200, response.text
             matches = response.json()["matches"]
             assert len(matches) == 5
-            assert matches[0]["id"] == f"train-{train.indices[i]}"
-            assert matches[0]["label"] == str(train.labels[i])
+            assert {m["id"] for m in matches} <= gallery_ids
+            hits += matches[0]["label"] == str(test.labels[i])
             assert [m["score"] for m in matches] == sorted(
                 (m["score"] for m in matches), reverse=True
             )
+    assert hits / len(picks) >= 0.6, f"{hits}/{len(picks)} top hits of the query's digit"
 
 
 def test_service_embeddings_match_the_pytorch_encoder(served: Served) -> None:

@@ -25,6 +25,20 @@ from training.data import load_splits, load_test_set, split_hash
 pytestmark = pytest.mark.integration
 
 PARENT, CHILD = "digits04-torch", "digits59-torch"
+DENSE = "digits-densenet-torch"
+# A small DenseNet-BC with a compression torchvision cannot build (0.75, not 0.5).
+DENSE_FLAGS = ["--arch", "densenet", "--growth-rate", "8", "--block-config", "2,2"]
+DENSE_FLAGS += ["--compression", "0.75", "--image-size", "8", "--epochs", "5", "--lr", "0.01"]
+# A trained model must clear the majority-class baseline by this much on held-out digits; a
+# model that learned nothing predicts (at best) the majority class, about 10% here.
+MARGIN = 0.4
+
+
+def majority_baseline() -> float:
+    """Test accuracy of always answering the most frequent training digit."""
+    splits = load_splits()
+    majority = np.bincount(splits["train"].labels).argmax()
+    return float(np.mean(splits["test"].labels == majority))
 
 
 @dataclass(frozen=True)
@@ -43,7 +57,8 @@ class Runs:
 
 @pytest.fixture(scope="module")
 def runs(mlflow_server: str, tmp_path_factory: pytest.TempPathFactory) -> Runs:
-    """A default --quick run, and a 0-4 model fine-tuned into a 5-9 model with a frozen backbone.
+    """A default --quick run, a 0-4 model fine-tuned into a 5-9 model with a frozen backbone,
+    and a DenseNet with compression 0.75.
 
     The default run is the real command line in a subprocess; the chain calls `main()` in this
     process, which saves the two interpreter starts (torch and mlflow imports).
@@ -71,6 +86,7 @@ def runs(mlflow_server: str, tmp_path_factory: pytest.TempPathFactory) -> Runs:
                 ]
             )
         assert code == 0, output.getvalue()
+        assert main(["--quick", *DENSE_FLAGS, "--model-name", DENSE, *cache]) == 0
     return Runs(mlflow_server, workdir, default_log, output.getvalue())
 
 
@@ -89,8 +105,10 @@ def test_quick_run_logs_params_metrics_history_and_plots(runs: Runs) -> None:
     client = runs.client()
     run = client.get_run(client.get_model_version_by_alias("classify-torch", "candidate").run_id)
     metrics, params = run.data.metrics, run.data.params
-    assert 0.0 < metrics["test_accuracy"] <= 1.0
-    assert 0.0 <= metrics["test_macro_f1"] <= 1.0
+    baseline = majority_baseline()
+    assert metrics["test_majority_accuracy"] == pytest.approx(baseline)
+    assert metrics["test_accuracy"] >= baseline + MARGIN, (metrics["test_accuracy"], baseline)
+    assert metrics["test_macro_f1"] >= MARGIN
     for digit in range(10):
         for kind in ("precision", "recall", "f1"):
             assert f"test_{kind}_{digit}" in metrics
@@ -157,3 +175,23 @@ def test_fine_tune_chain_links_runs_and_keeps_the_frozen_backbone(runs: Runs) ->
             assert not torch.equal(child_weights[key], value), key
         else:  # the frozen backbone, BatchNorm statistics included, is the parent's exactly
             assert torch.equal(child_weights[key], value), key
+
+
+def test_densenet_flags_shape_the_registered_net_and_it_loads_back(runs: Runs) -> None:
+    from models.classify import load_torch_bundle
+
+    fetched = runs.fetch(f"models:/{DENSE}@candidate")
+    architecture = fetched.bundle.manifest["architecture"]
+    assert architecture["name"] == "densenet" and architecture["compression"] == 0.75
+    assert (architecture["growth_rate"], architecture["block_config"]) == (8, [2, 2])
+    model = load_torch_bundle(fetched.bundle)  # the path the explain service takes
+    conv = model.features.transition1.conv
+    assert (conv.in_channels, conv.out_channels) == (24 + 2 * 8, int(40 * 0.75))
+    spec = ImageSpec.from_manifest(fetched.bundle.preprocessing)
+    test = load_test_set(spec)
+    with torch.no_grad():
+        accuracy = float(
+            np.mean(model(torch.from_numpy(test.inputs)).argmax(1).numpy() == test.labels)
+        )
+    assert accuracy == pytest.approx(fetched.bundle.manifest["metrics"]["test_accuracy"], abs=1e-9)
+    assert accuracy >= majority_baseline() + MARGIN, accuracy

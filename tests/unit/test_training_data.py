@@ -9,6 +9,10 @@ from sklearn.datasets import load_digits
 
 from shared.media import ImageSpec, gray_to_image, image_to_array
 from training.data import (
+    AUGMENTATIONS,
+    CurriculumSampler,
+    competence,
+    difficulty,
     digits_uint8,
     image_spec,
     load_splits,
@@ -127,3 +131,69 @@ def test_augmentation_jitters_slightly_and_fills_with_background() -> None:
         # small jitter: still mostly the same digit (a flip or big shift would decorrelate it)
         corr = torch.corrcoef(torch.stack([x.flatten(), clean.flatten()]))[0, 1]
         assert corr > 0.5
+
+
+@pytest.mark.parametrize("policy", ["randaugment", "trivialaugment"])
+def test_auto_augment_policies_change_digits_within_the_pixel_range(policy: str) -> None:
+    spec = image_spec(16)
+    clean = torch.from_numpy(preprocess(digits_uint8()[0][:1], spec)[0])
+    augment = train_augmentation(spec, policy)
+    torch.manual_seed(0)
+    augmented = [augment(clean) for _ in range(12)]
+    assert sum(not torch.equal(x, clean) for x in augmented) >= 6
+    for x in augmented:
+        assert x.shape == clean.shape and x.dtype == torch.float32
+        assert x.min() >= -1.0 - 1e-5 and x.max() <= 1.0 + 1e-5
+        # values stay on the 0..255 grid serving's preprocessing produces
+        pixels = (x + 1) / 2 * 255
+        assert torch.allclose(pixels, pixels.round(), atol=1e-3)
+    torch.manual_seed(0)
+    assert all(torch.equal(augment(clean), x) for x in augmented)  # the seed decides
+
+
+def test_no_augmentation_is_none_and_unknown_policies_are_refused() -> None:
+    assert "none" in AUGMENTATIONS and train_augmentation(image_spec(16), "none") is None
+    with pytest.raises(ValueError, match="unknown augmentation"):
+        train_augmentation(image_spec(16), "mixup")
+
+
+def test_difficulty_ranks_what_a_different_model_gets_wrong_as_harder() -> None:
+    """The score is out-of-fold: digits a k-NN on other pixels misreads score harder."""
+    from sklearn.model_selection import cross_val_predict
+    from sklearn.neighbors import KNeighborsClassifier
+
+    train = load_splits()["train"]
+    scores = difficulty(train.images, train.labels)
+    assert scores.shape == (len(train.labels),) and np.all(scores >= 0)
+    assert np.array_equal(scores, difficulty(train.images, train.labels))
+    pixels = train.images.reshape(len(train.labels), -1)
+    knn_wrong = cross_val_predict(KNeighborsClassifier(3), pixels, train.labels) != train.labels
+    assert knn_wrong.any()
+    # mistakes of an unrelated model sit far up the ranking: median > 3x the typical digit's
+    assert np.median(scores[knn_wrong]) > 3 * np.median(scores[~knn_wrong])
+
+
+def test_competence_grows_linearly_to_everything_at_half_time() -> None:
+    fractions = [competence(epoch, 10, 0.2) for epoch in range(10)]
+    assert fractions[0] == 0.2 and fractions[5:] == [1.0] * 5
+    assert fractions == sorted(fractions)
+
+
+def test_curriculum_sampler_draws_a_full_epoch_from_the_easiest_pool() -> None:
+    scores = np.random.default_rng(0).random(100)
+    easiest = np.argsort(scores)
+    sampler = CurriculumSampler(scores, epochs=4, start=0.25, seed=3)
+    seen = []
+    for epoch in range(4):
+        sampler.set_epoch(epoch)
+        drawn = list(sampler)
+        assert len(drawn) == len(sampler) == 100
+        assert set(drawn) == set(easiest[: sampler.pool_size()].tolist())
+        seen.append(drawn)
+    assert [len(set(d)) for d in seen] == [25, 63, 100, 100]  # 0.25, 0.625, 1, 1
+    assert seen[2] != seen[3]  # a fresh order every epoch
+    again = CurriculumSampler(scores, epochs=4, start=0.25, seed=3)
+    again.set_epoch(1)
+    assert list(again) == seen[1]
+    with pytest.raises(ValueError, match="start fraction"):
+        CurriculumSampler(scores, epochs=4, start=0.0, seed=0)

@@ -279,3 +279,56 @@ def test_git_commit_is_unknown_outside_a_repository(tmp_path: Path) -> None:
     assert git_commit(tmp_path) == "unknown"
     subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
     assert git_commit(tmp_path) == "unknown"  # a repository without commits
+
+
+@pytest.mark.parametrize("compression", [0.25, 0.5, 1.0])
+def test_densenet_transitions_keep_the_compression_share_of_channels(compression: float) -> None:
+    config = architecture_config(
+        "densenet",
+        10,
+        growth_rate=4,
+        block_config=[2, 3, 2],
+        num_init_features=8,
+        compression=compression,
+    )
+    model = build_model(json.loads(json.dumps(config))).eval()
+    channels = 8
+    for index, layers in enumerate([2, 3], start=1):
+        channels += layers * 4
+        conv = getattr(model.features, f"transition{index}").conv
+        assert (conv.in_channels, conv.out_channels) == (channels, int(channels * compression))
+        channels = int(channels * compression)
+    assert model.classifier.in_features == channels + 2 * 4
+    with torch.no_grad():
+        assert model(torch.randn(2, 3, 16, 16)).shape == (2, 10)
+
+
+def test_densenet_at_half_compression_is_torchvisions_densenet() -> None:
+    """With torchvision's layout, its weights load strictly and give its logits exactly."""
+    config = architecture_config(
+        "densenet",
+        10,
+        growth_rate=8,
+        block_config=[2, 2, 2],
+        num_init_features=16,
+        stem_kernel_size=7,
+        stem_stride=2,
+        pool0=True,
+    )
+    ours = build_model(config).eval()
+    torch.manual_seed(3)
+    reference = torchvision.models.DenseNet(8, (2, 2, 2), 16, num_classes=10).eval()
+    ours.load_state_dict(reference.state_dict())
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), reference(x))
+
+
+def test_a_densenet_manifest_from_before_compression_rebuilds_half_compression() -> None:
+    config = architecture_config("densenet", 3, block_config=[2, 2])
+    old = {k: v for k, v in config.items() if k != "compression"}
+    assert build_model(old).state_dict().keys() == build_model(config).state_dict().keys()
+    with pytest.raises(ValueError, match="compression"):
+        architecture_config("densenet", 3, compression=0.0)
+    with pytest.raises(ValueError, match="compression"):
+        architecture_config("densenet", 3, compression=1.5)
