@@ -36,11 +36,17 @@ def compose_services() -> str:
             f"    image: {k8s.image(svc.image)}",
             f'    command: ["modelplane", "serve", "{svc.name}"]',
             f'    environment: {{<<: *service-env, PORT: "{svc.port}"}}',
-            f'    ports: ["127.0.0.1:{svc.port}:{svc.port}"]',
+            f"    ports: [{compose_ports(svc)}]",
             f'    volumes: ["cache-{svc.name}:{CACHE}"]',
         ]
         blocks.append("\n".join(lines) + "\n")
     return "\n".join(blocks)
+
+
+def compose_ports(svc: ServiceEntry) -> str:
+    """HTTP, and gRPC for tensor models, published on loopback only."""
+    ports = [svc.port, *([svc.grpc_port] if svc.grpc_port else [])]
+    return ", ".join(f'"127.0.0.1:{p}:{p}"' for p in ports)
 
 
 def compose_volumes() -> str:

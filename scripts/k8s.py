@@ -86,6 +86,17 @@ def _cpu_limit_env(name: str) -> dict[str, Any]:
     }
 
 
+def container_ports(svc: ServiceEntry) -> list[dict[str, Any]]:
+    """HTTP, the Open Inference Protocol over gRPC (tensor models; the service listens on its
+    catalog gRPC port when HTTP is on its catalog port) and the metrics port."""
+    grpc = [{"name": "grpc", "containerPort": svc.grpc_port}] if svc.grpc_port else []
+    return [
+        {"name": "http", "containerPort": svc.port},
+        *grpc,
+        {"name": "metrics", "containerPort": METRICS_PORT},
+    ]
+
+
 def deployment(svc: ServiceEntry) -> dict[str, Any]:
     volumes, mounts = writable_volumes()
     env = [
@@ -109,10 +120,7 @@ def deployment(svc: ServiceEntry) -> dict[str, Any]:
         "image": image(svc.image),
         "imagePullPolicy": "IfNotPresent",
         "command": ["modelplane", "serve", svc.name],
-        "ports": [
-            {"name": "http", "containerPort": svc.port},
-            {"name": "metrics", "containerPort": METRICS_PORT},
-        ],
+        "ports": container_ports(svc),
         "envFrom": [{"configMapRef": {"name": "modelplane-settings"}}],
         "env": env,
         "resources": {
@@ -164,8 +172,10 @@ def service(svc: ServiceEntry) -> dict[str, Any]:
         "spec": {
             "selector": {"app.kubernetes.io/name": svc.name},
             "ports": [
-                {"name": "http", "port": svc.port, "targetPort": "http"},
-                {"name": "metrics", "port": METRICS_PORT, "targetPort": "metrics"},
+                {"name": p["name"], "port": p["containerPort"], "targetPort": p["name"]}
+                # gRPC is HTTP/2 in cleartext: say so, for meshes and Gateway API routes
+                | ({"appProtocol": "kubernetes.io/h2c"} if p["name"] == "grpc" else {})
+                for p in container_ports(svc)
             ],
         },
     }

@@ -82,6 +82,8 @@ def test_k8s_base_holds_one_generated_file_per_service_and_kustomize_lists_them(
         assert {"name": "http", "port": svc.port, "targetPort": "http"} in docs["Service"]["spec"][
             "ports"
         ]
+        grpc = {p["name"]: p["containerPort"] for p in container["ports"]}.get("grpc")
+        assert grpc == svc.grpc_port  # gRPC exactly where the catalog has one
         assert container["resources"]["limits"] == {"cpu": svc.cpu, "memory": svc.memory}
         assert docs["HorizontalPodAutoscaler"]["spec"]["maxReplicas"] == svc.max_replicas
 
@@ -100,7 +102,8 @@ def test_compose_runs_exactly_the_catalog_services_on_their_ports() -> None:
         assert spec["image"] == k8s.image(svc.image)
         assert spec["command"] == ["modelplane", "serve", svc.name]
         assert spec["environment"]["PORT"] == str(svc.port)
-        assert spec["ports"] == [f"127.0.0.1:{svc.port}:{svc.port}"]
+        ports = [svc.port, *([svc.grpc_port] if svc.grpc_port else [])]
+        assert spec["ports"] == [f"127.0.0.1:{p}:{p}" for p in ports]
         assert f"cache-{svc.name}" in compose["volumes"]
     built = {spec["build"]["target"] for spec in services.values() if "build" in spec}
     assert set(images()) <= built, "a serving image that compose never builds"

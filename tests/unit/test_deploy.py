@@ -127,7 +127,7 @@ def test_compose_runs_the_same_images_commands_and_ports_as_k8s(compose: dict[st
             int(p["target"] if isinstance(p, dict) else p.split(":")[-1].split("/")[0])
             for p in entry["ports"]
         }
-        assert published == {svc.port}
+        assert published == {svc.port, *([svc.grpc_port] if svc.grpc_port else [])}
     for job in ("train", "export"):
         assert services[job]["profiles"] == ["train"]
         assert services[job]["command"] == ["modelplane", job, "all"]
