@@ -158,7 +158,8 @@ def test_every_extra_exists_and_each_image_installs_its_services_extras_and_port
         installed = re.findall(r'"\.\[([a-z,-]+)\]"', stages[f"build-{image}"])
         assert [set(x.split(",")) for x in installed] == [{s.extra for s in by_image(image)}]
         exposed = re.findall(r"^EXPOSE (.+)$", stages[image], flags=re.M)
-        assert exposed == [" ".join(str(s.port) for s in by_image(image))], image
+        ports = [s.port for s in by_image(image)] + [s.grpc_port for s in by_image(image)]
+        assert exposed == [" ".join(str(p) for p in ports if p)], image
 
 
 def test_every_service_has_a_locust_user_and_the_baseline_names_catalog_services() -> None:
