@@ -117,6 +117,7 @@ def create_app(
 
             grpc_server = GrpcServer(app, grpc)
             await grpc_server.start()
+            app.state.grpc_server = grpc_server  # shared/serve.py stops it beside HTTP
         try:
             yield
         finally:

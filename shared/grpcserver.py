@@ -96,6 +96,7 @@ class GrpcServer:
         reflection.enable_server_reflection(names, self.server)
         self.listen = listen
         self._watch: asyncio.Task[None] | None = None
+        self._stopping: asyncio.Future[None] | None = None
 
     async def start(self) -> None:
         """Bind (a port in use is a RuntimeError naming it) and serve."""
@@ -110,7 +111,14 @@ class GrpcServer:
         log.info("gRPC (Open Inference Protocol) on %s", self.listen.address)
 
     async def stop(self, grace_s: float = GRACE_S) -> None:
-        """Refuse new calls, let the ones in flight finish (up to `grace_s`), then close."""
+        """Refuse new calls, let the ones in flight finish (up to `grace_s`), then close. Once:
+        HTTP's shutdown starts it (beside uvicorn's graceful wait, so one grace bounds both)
+        and the lifespan's end awaits the same stop."""
+        if self._stopping is None:
+            self._stopping = asyncio.ensure_future(self._stop(grace_s))
+        await asyncio.shield(self._stopping)
+
+    async def _stop(self, grace_s: float) -> None:
         if self._watch is not None:
             self._watch.cancel()
         await self.health.enter_graceful_shutdown()

@@ -10,7 +10,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import uvicorn
@@ -87,7 +87,14 @@ def run(
         timeout_graceful_shutdown=GRACEFUL_TIMEOUT_S,
         access_log=False,
     )
-    DrainingServer(config, settings.shutdown_drain_s, runtime.start_draining).run(sockets=[sock])
+
+    def stop_grpc() -> Awaitable[None] | None:
+        grpc_server = getattr(app.state, "grpc_server", None)
+        return grpc_server.stop() if grpc_server is not None else None
+
+    DrainingServer(config, settings.shutdown_drain_s, runtime.start_draining, stop_grpc).run(
+        sockets=[sock]
+    )
     return 0
 
 
@@ -127,10 +134,17 @@ class DrainingServer(uvicorn.Server):
     keep-alive timeout) with `Connection: close` and closes; uvicorn then waits for them, runs
     the lifespan's end and the process exits."""
 
-    def __init__(self, config: Any, drain_s: float, start_draining: Any) -> None:
+    def __init__(
+        self,
+        config: Any,
+        drain_s: float,
+        start_draining: Any,
+        stop_others: Callable[[], Awaitable[None] | None] = lambda: None,
+    ) -> None:
         super().__init__(config)
         self.drain_s = drain_s
         self.start_draining = start_draining
+        self.stop_others = stop_others  # other listeners (gRPC), stopped beside HTTP
         self._drain_timer: threading.Timer | None = None
 
     @contextlib.contextmanager
@@ -154,10 +168,14 @@ class DrainingServer(uvicorn.Server):
         self._drain_timer.start()
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        others = self.stop_others()
+        stopping = asyncio.ensure_future(others) if others is not None else None
         listeners = [s for s in sockets or [] if s.fileno() >= 0]
         if all([refuse_new_connections(s) for s in listeners]) and listeners:
             await take_accepted_connections(listeners)
         await super().shutdown(sockets)
+        if stopping is not None:
+            await stopping
 
 
 async def take_accepted_connections(listeners: list[socket.socket]) -> None:
