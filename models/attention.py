@@ -1,5 +1,6 @@
 """Attention from first principles: scaled dot-product and multi-head attention, masks,
-positional encodings, pre-LN encoder/decoder blocks and a key/value cache.
+positional encodings, encoder/decoder blocks (pre-LN by default; post-LN, BatchNorm and RMSNorm
+for the normalization study) and a key/value cache.
 
 Written out rather than taken from `torch.nn.MultiheadAttention` so every step (masking, the
 softmax, the cache that makes incremental decoding linear per token) is visible and exportable;
@@ -146,21 +147,57 @@ class FeedForward(nn.Sequential):
         )
 
 
-class EncoderBlock(nn.Module):
-    """Pre-LN: x + attention(norm(x)), then x + feed-forward(norm(x))."""
+NORMS = ("layer", "batch", "rms")
 
-    def __init__(self, d_model: int, heads: int, d_ff: int, dropout: float) -> None:
+
+class TokenBatchNorm(nn.BatchNorm1d):
+    """BatchNorm over (batch, time) per feature: statistics across the whole batch, padding
+    included, which is what the LayerNorm-vs-BatchNorm comparison is about."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(x.transpose(1, 2)).transpose(1, 2)
+
+
+def make_norm(kind: str, d_model: int) -> nn.Module:
+    """LayerNorm (the default), BatchNorm over tokens or RMSNorm."""
+    if kind == "layer":
+        return nn.LayerNorm(d_model)
+    if kind == "batch":
+        return TokenBatchNorm(d_model)
+    if kind == "rms":
+        return nn.RMSNorm(d_model)
+    raise ValueError(f"unknown norm {kind!r}: one of {', '.join(NORMS)}")
+
+
+class EncoderBlock(nn.Module):
+    """Self-attention then feed-forward, each residual: pre-LN x + f(norm(x)) (the default, as
+    trained and shipped), or post-LN norm(x + f(x)) (the original Transformer's order)."""
+
+    def __init__(
+        self,
+        d_model: int,
+        heads: int,
+        d_ff: int,
+        dropout: float,
+        norm: str = "layer",
+        pre_norm: bool = True,
+    ) -> None:
         super().__init__()
-        self.norm1 = nn.LayerNorm(d_model)
+        self.pre_norm = pre_norm
+        self.norm1 = make_norm(norm, d_model)
         self.attn = MultiHeadAttention(d_model, heads, dropout)
-        self.norm2 = nn.LayerNorm(d_model)
+        self.norm2 = make_norm(norm, d_model)
         self.ff = FeedForward(d_model, d_ff, dropout)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
-        attended, weights, _ = self.attn(self.norm1(x), mask=mask)
-        x = x + attended
-        return x + self.dropout(self.ff(self.norm2(x))), weights
+        if self.pre_norm:
+            attended, weights, _ = self.attn(self.norm1(x), mask=mask)
+            x = x + attended
+            return x + self.dropout(self.ff(self.norm2(x))), weights
+        attended, weights, _ = self.attn(x, mask=mask)
+        x = self.norm1(x + attended)
+        return self.norm2(x + self.dropout(self.ff(x))), weights
 
 
 class DecoderBlock(nn.Module):

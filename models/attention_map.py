@@ -1,4 +1,5 @@
-"""The attention-map picture, drawn by the text training job and the text service alike.
+"""The attention-map picture and per-head entropy, for the training job, the attention study
+and the text service alike.
 
 Drawn with Pillow only, so the service draws it without matplotlib.
 """
@@ -38,6 +39,16 @@ def attention_png(weights: np.ndarray, queries: Sequence[str], keys: Sequence[st
         ImageDraw.Draw(tile).text((2, 3), _label(token), fill="black")
         canvas.paste(tile.rotate(90, expand=True), (LABEL_PX + j * CELL_PX, 0))
     return encode_png(canvas)
+
+
+def head_entropy(weights: np.ndarray) -> np.ndarray:
+    """Mean entropy (nats) of each head's attention rows: (heads, queries, keys) → (heads,).
+
+    0 is a head that looks at one token; log(keys) one that spreads evenly (no preference).
+    """
+    weights = np.asarray(weights, dtype=np.float64)
+    logs = np.log(np.where(weights > 0, weights, 1.0))
+    return -(weights * logs).sum(-1).mean(-1)
 
 
 def _label(token: str) -> str:

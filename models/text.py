@@ -22,6 +22,7 @@ from models.attention import (
     DecoderBlock,
     EncoderBlock,
     causal_mask,
+    make_norm,
     padding_mask,
     positional_encoding,
 )
@@ -51,6 +52,8 @@ class TextConfig:
     dropout: float = 0.1
     positional: str = "sinusoidal"
     num_classes: int = 0
+    norm: str = "layer"  # encoder blocks: layer | batch | rms (the normalization study)
+    pre_norm: bool = True  # encoder blocks: pre-LN (shipped) or post-LN
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -80,14 +83,17 @@ class Embedder(nn.Module):
 
 
 class Encoder(nn.Module):
-    """Embeddings, a stack of pre-LN encoder blocks, a final LayerNorm."""
+    """Embeddings, a stack of encoder blocks, a final norm (pre-LN only)."""
 
     def __init__(self, config: TextConfig, embed: Embedder) -> None:
         super().__init__()
         self.embed = embed
-        args = (config.d_model, config.heads, config.d_ff, config.dropout)
-        self.blocks = nn.ModuleList(EncoderBlock(*args) for _ in range(config.layers))
-        self.norm = nn.LayerNorm(config.d_model)
+        args = (config.d_model, config.heads, config.d_ff, config.dropout, config.norm)
+        self.blocks = nn.ModuleList(
+            EncoderBlock(*args, pre_norm=config.pre_norm) for _ in range(config.layers)
+        )
+        # post-LN blocks end normalized already; pre-LN needs the final norm
+        self.norm = make_norm(config.norm, config.d_model) if config.pre_norm else nn.Identity()
 
     def forward(self, ids: Tensor) -> tuple[Tensor, Tensor, list[Tensor]]:
         """(states, padding mask, attention weights of every layer)."""

@@ -162,10 +162,29 @@ def warmup_cosine(steps: int, warmup: int) -> Callable[[int], float]:
 
 @dataclass
 class Fit:
-    """The result of training: losses per epoch and seconds."""
+    """The result of training: losses per epoch (and per batch: `step_loss`) and seconds."""
 
     history: dict[str, list[float]]
     seconds: float
+
+
+def accumulate(
+    model: nn.Module,
+    task: Task,
+    batch: tuple[Tensor, ...],
+    sampling: float,
+    args: argparse.Namespace,
+    scaler: torch.amp.GradScaler,
+) -> float:
+    """Add one batch's share (1 / accum_steps) of the gradient of the loss to `.grad`; the
+    batch's loss. k batches of b then give the gradient of one batch of k*b when the loss is a
+    mean over equal parts (classification; token means only when every part has as many
+    target tokens), which `tests/unit/test_text_training.py` checks."""
+    device = next(model.parameters()).device.type  # autocast where the weights are
+    with autocast(args.amp, device):
+        loss = task.loss(model, batch, sampling) / args.accum_steps
+    scaler.scale(loss).backward()
+    return float(loss.detach()) * args.accum_steps
 
 
 def fit(
@@ -186,7 +205,16 @@ def fit(
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(steps, warmup))
     device = next(model.parameters()).device.type  # autocast where the weights are
     scaler = torch.amp.GradScaler(device, enabled=use_grad_scaler(args.amp, device))
-    history: dict[str, list[float]] = {"train_loss": [], "val_loss": []}
+    history: dict[str, list[float]] = {"train_loss": [], "val_loss": [], "step_loss": []}
+
+    def optimizer_step() -> None:
+        scaler.unscale_(optimizer)
+        nn.utils.clip_grad_norm_(params, args.clip)
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        schedule.step()
+
     started, step = time.perf_counter(), 0
     heard = started  # a progress line at least every PROGRESS_S within an epoch
     for epoch in range(1, epochs + 1):
@@ -200,18 +228,14 @@ def fit(
                     f"train loss {np.mean(losses[-50:]):.4f} ({heard - started:.0f}s)"
                 )
             ramp = args.scheduled_sampling * min(1.0, step / steps)
-            with autocast(args.amp, device):
-                loss = task.loss(model, batch, ramp) / args.accum_steps
-            scaler.scale(loss).backward()
-            losses.append(float(loss.detach()) * args.accum_steps)
+            losses.append(accumulate(model, task, batch, ramp, args, scaler))
             if (i + 1) % args.accum_steps == 0:
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(params, args.clip)
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
-                schedule.step()
+                optimizer_step()
                 step += 1
+        if len(losses) % args.accum_steps:  # an epoch's last batches step too, rather than
+            optimizer_step()  # leaking their gradient into the next epoch's first step
+            step += 1
+        history["step_loss"] += losses
         row = {"train_loss": float(np.mean(losses)), "val_loss": evaluate_loss()}
         for key, value in row.items():
             history[key].append(value)

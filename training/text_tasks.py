@@ -28,7 +28,7 @@ from models.decoding import DecodeOptions, generate
 from models.text import BOS_ID, EOS_ID, PAD_ID, SPECIAL_TOKENS
 from models.text_input import RAW_INPUT, WORDS_INPUT, code_input
 from training import text_data, tracking
-from training.text_eval import generation_scores
+from training.text_eval import classify_baselines, generation_scores
 
 MAX_TARGET_TOKENS = 40
 
@@ -239,7 +239,9 @@ class Classify(Task):
                 weights = model.attention_maps(ids)[-1][0, 0].float().cpu().numpy()
             tokens = [data.tokenizer.id_to_token(t) for t in data.inputs["test"][i]]
             log_png(attention_png(weights, tokens, tokens), f"plots/attention_{i}.png")
-        return {k: v for k, v in metrics.items() if k in {"test_accuracy", "test_macro_f1"}}
+        kept = {k: v for k, v in metrics.items() if k in {"test_accuracy", "test_macro_f1"}}
+        split = ("train", "test")
+        return {**kept, **classify_baselines(*((data.raw[s], data.targets[s]) for s in split))}
 
 
 class Generate(Task):

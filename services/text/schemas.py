@@ -84,3 +84,22 @@ class AttentionBody(RequestBody):
     text: str
     layer: int = Field(-1, ge=-64, le=63, description="encoder layer; negative counts from the end")
     head: int = Field(0, ge=0, le=63)
+
+
+class AttentionEntropyBody(RequestBody):
+    """A text whose attention entropy, per encoder layer and head, the classifier reports."""
+
+    model_config = _example(text="Bonjour tout le monde")
+
+    text: str
+
+
+class AttentionEntropyResponse(BaseModel):
+    tokens: list[str]
+    entropy: list[list[float]] = Field(
+        description="per layer, per head: mean entropy (nats) of the attention rows"
+    )
+    normalized_entropy: list[list[float]] = Field(
+        description="entropy / log(tokens): 0 = each query looks at one token, 1 = evenly"
+    )
+    model: ModelRef

@@ -17,6 +17,8 @@ from pydantic import Field
 from services.text.generation import TextGenerator
 from services.text.schemas import (
     AttentionBody,
+    AttentionEntropyBody,
+    AttentionEntropyResponse,
     GenerateBody,
     GenerateResponse,
     TextClassifyBody,
@@ -101,32 +103,55 @@ class TextClassifier(ModelService):
 
     def attention(self, body: AttentionBody, call: Call) -> bytes:
         """The chosen layer/head's self-attention over the text's tokens, as a PNG."""
-        try:
-            import torch
-        except ImportError as exc:  # a classify-only install (the serve extra has no torch)
-            raise ModelNotReadyError("attention maps need PyTorch, not installed here") from exc
-
         from models.attention_map import attention_png
-        from models.text import load_text_bundle
 
-        check_text(body.text, "text", self.max_chars)
-        ids = self.tokens.encode(body.text, "text")
-        with self._attention_lock:
-            if self._attention_model is None:
-                self._attention_model = load_text_bundle(self.bundle)
-            with torch.inference_mode():
-                maps = self._attention_model.attention_maps(torch.tensor([ids]))
-        layers, heads = len(maps), maps[0].size(1)
+        ids, maps = self._attention_maps(body.text)
+        layers, heads = len(maps), maps[0].shape[0]
         if not -layers <= body.layer < layers or body.head >= heads:
             raise InvalidParameterError(
                 f"layer must be in [{-layers}, {layers - 1}] and head in [0, {heads - 1}]"
             )
         tokens = [self.tokens.tokenizer.id_to_token(i) for i in ids]
-        return attention_png(maps[body.layer][0, body.head].numpy(), tokens, tokens)
+        return attention_png(maps[body.layer][body.head], tokens, tokens)
+
+    def attention_entropy(self, body: AttentionEntropyBody, call: Call) -> dict[str, Any]:
+        """Per layer and head, how spread the attention over the text's tokens is."""
+        from models.attention_map import head_entropy
+
+        ids, maps = self._attention_maps(body.text)
+        entropy = [head_entropy(m) for m in maps]
+        scale = float(np.log(max(2, len(ids))))
+        return {
+            "tokens": [self.tokens.tokenizer.id_to_token(i) for i in ids],
+            "entropy": [[round(float(e), 4) for e in layer] for layer in entropy],
+            "normalized_entropy": [
+                [round(float(e) / scale, 4) for e in layer] for layer in entropy
+            ],
+        }
+
+    def _attention_maps(self, text: str) -> tuple[list[int], list[np.ndarray]]:
+        """The text's ids and each encoder layer's (heads, tokens, tokens) attention weights,
+        from the bundle's PyTorch weights (loaded on first use)."""
+        try:
+            import torch
+        except ImportError as exc:  # a classify-only install (the serve extra has no torch)
+            raise ModelNotReadyError("attention maps need PyTorch, not installed here") from exc
+
+        from models.text import load_text_bundle
+
+        check_text(text, "text", self.max_chars)
+        ids = self.tokens.encode(text, "text")
+        with self._attention_lock:
+            if self._attention_model is None:
+                self._attention_model = load_text_bundle(self.bundle)
+            with torch.inference_mode():
+                maps = self._attention_model.attention_maps(torch.tensor([ids]))
+        return ids, [m[0].numpy() for m in maps]
 
 
 class TextService(Service):
-    """/v1/text/classify (batched), /v1/text/generate (JSON or SSE), /v1/text/attention (PNG)."""
+    """/v1/text/classify (batched), /v1/text/generate (JSON or SSE), /v1/text/attention (PNG)
+    and /v1/text/attention/entropy (JSON)."""
 
     name = "text"
     settings_class = TextSettings
@@ -174,5 +199,14 @@ class TextService(Service):
             call=TextClassifier.attention,
             pool="attention",
             media_type="image/png",
+        ),
+        Endpoint(
+            "/v1/text/attention/entropy",
+            Lane.DIRECT,
+            "Per encoder layer and head, the entropy of the classifier's attention over a text.",
+            body=AttentionEntropyBody,
+            call=TextClassifier.attention_entropy,
+            pool="attention",
+            response=AttentionEntropyResponse,
         ),
     )

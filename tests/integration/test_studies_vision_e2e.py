@@ -15,7 +15,7 @@ import torch
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
-from training.studies import backbones, curriculum, vision
+from training.studies import backbones, common, curriculum, vision
 
 pytestmark = pytest.mark.integration
 
@@ -122,7 +122,7 @@ def test_the_same_seed_reproduces_the_same_metrics_exactly(mlflow_server: str) -
     try:
         with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(io.StringIO()):
             patch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
-            vision.connect(1, EXPERIMENT)
+            common.connect(1, EXPERIMENT)
             with mlflow.start_run(run_name="reproducibility"):
                 first, again, other = (
                     vision.train_setting(name, [*flags, "--seed", seed])

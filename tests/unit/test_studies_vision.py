@@ -7,7 +7,7 @@ import torch
 
 from models.classify import architecture_config, build_model
 from training import classify as job
-from training.studies import STUDIES, backbones, curriculum, vision
+from training.studies import STUDIES, backbones, common, curriculum
 
 
 def test_densenet_flags_become_the_architecture() -> None:
@@ -107,7 +107,7 @@ def test_curriculum_summary_gives_mean_spread_and_paired_gain() -> None:
 
 
 def test_markdown_table_has_a_header_rule_and_one_line_per_row() -> None:
-    text = vision.markdown_table(["a", "b"], [[1, "x"], [2, "y"]])
+    text = common.markdown_table(["a", "b"], [[1, "x"], [2, "y"]])
     assert text == "| a | b |\n|---|---|\n| 1 | x |\n| 2 | y |\n"
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 
@@ -91,3 +92,30 @@ def test_label_smoothing_shapes_the_training_loss_but_not_the_validation_loss() 
     with torch.no_grad():
         assert task.loss(model.eval(), (src, tgt), 0.0) == pytest.approx(float(plain), rel=1e-5)
         assert task.loss(model.train(), (src, tgt), 0.0) != pytest.approx(float(plain), rel=1e-3)
+
+
+def test_k_accumulated_batches_give_the_gradient_of_one_batch_k_times_larger() -> None:
+    from models.text import TextClassifier, TextConfig
+    from training.text import accumulate
+    from training.text_tasks import Classify
+
+    torch.manual_seed(0)
+    config = TextConfig("classifier", vocab_size=50, d_model=16, heads=2, layers=2, d_ff=32,
+                        dropout=0.0, num_classes=4)  # fmt: skip
+    model, task = TextClassifier(config).train(), Classify()
+    ids = torch.randint(4, 50, (32, 9), generator=torch.Generator().manual_seed(1))
+    ids[::3, 6:] = 0  # padding too
+    labels = torch.arange(32) % 4
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+
+    def gradients(parts: int) -> list[torch.Tensor]:
+        model.zero_grad(set_to_none=True)
+        args = argparse.Namespace(accum_steps=parts, amp=False)
+        for chunk in zip(ids.chunk(parts), labels.chunk(parts), strict=True):
+            accumulate(model, task, chunk, 0.0, args, scaler)
+        return [p.grad.clone() for p in model.parameters()]
+
+    whole, accumulated = gradients(1), gradients(4)
+    for a, b in zip(whole, accumulated, strict=True):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)  # float32 summation order only
+    assert max(float(g.abs().max()) for g in whole) > 1e-3  # gradients that could differ

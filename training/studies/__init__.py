@@ -11,4 +11,11 @@ and a one-line docstring summary that `modelplane study --help` shows.
 
 from __future__ import annotations
 
-STUDIES: dict[str, str] = {}
+STUDIES: dict[str, str] = {
+    "backbones": "training.studies.backbones",
+    "curriculum": "training.studies.curriculum",
+    "attention": "training.studies.attention",
+    "normalization": "training.studies.normalization",
+    "decoding": "training.studies.decoding",
+    "tricks": "training.studies.tricks",
+}

@@ -28,7 +28,7 @@ from shared.onnx import OnnxModel
 from training import tracking
 from training.export.evaluate import time_runs
 from training.export.onnx import export_onnx, io_specs
-from training.studies import vision
+from training.studies import common, vision
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -51,7 +51,7 @@ HEADERS = [
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="modelplane study backbones", description=__doc__)
-    vision.common_args(p, "backbones")
+    common.common_args(p, "backbones")
     p.add_argument("--latency-runs", type=int, help="timed runs per batch size (default 50)")
     p.add_argument("--onnx-threads", type=int, default=1, help="onnxruntime intra-op threads")
     args = p.parse_args(argv)
@@ -222,7 +222,7 @@ def activations_figure(models: dict[str, nn.Module], inputs: torch.Tensor) -> Fi
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    tracking_uri = vision.connect(args.threads, args.experiment)
+    tracking_uri = common.connect(args.threads, args.experiment)
     chosen = settings(args.quick)
     with mlflow.start_run(
         run_name="study-backbones", tags={"modelplane.study": "backbones"}
@@ -244,8 +244,8 @@ def main(argv: list[str] | None = None) -> int:
             trained[name] = vision.train_setting(name, flags)
             figures[name] = measure(trained[name], args)
         rows = [table_row(name, f) for name, f in figures.items()]
-        text = "# Backbone study\n\n" + vision.markdown_table(HEADERS, rows)
-        vision.write_report(args.out, "backbones.md", text)
+        text = "# Backbone study\n\n" + common.markdown_table(HEADERS, rows)
+        common.write_report(args.out, "backbones.md", text)
         families = {name: trained[name].model for name in list(trained)[:2]}
         test_inputs = torch.from_numpy(trained["resnet18"].data.inputs["test"][:64])
         plots = {

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import mlflow
 
 from training import tracking
-from training.studies import vision
+from training.studies import common, vision
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -40,7 +40,7 @@ HEADERS = ["arm", "seeds", "test acc (mean ± sd)", "macro F1 (mean ± sd)", "Δ
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="modelplane study curriculum", description=__doc__)
-    vision.common_args(p, "curriculum")
+    common.common_args(p, "curriculum")
     p.add_argument("--seeds", type=int, help="seeds per arm (default 3; 2 with --quick)")
     p.add_argument("--arch", default="resnet18", help="classify --arch of every arm")
     args = p.parse_args(argv)
@@ -82,7 +82,7 @@ def summarize(results: dict[str, list[dict[str, float]]]) -> tuple[str, dict[str
             f"{arm}.test_accuracy_sd": statistics.stdev(accuracy),
             f"{arm}.test_macro_f1_mean": statistics.mean(f1),
         }
-    return vision.markdown_table(HEADERS, rows), metrics
+    return common.markdown_table(HEADERS, rows), metrics
 
 
 def seeds_figure(results: dict[str, list[dict[str, float]]]) -> Figure:
@@ -106,7 +106,7 @@ def seeds_figure(results: dict[str, list[dict[str, float]]]) -> Figure:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    tracking_uri = vision.connect(args.threads, args.experiment)
+    tracking_uri = common.connect(args.threads, args.experiment)
     arms = arm_flags(args)
     runs = len(arms) * args.seeds
     tags = {"modelplane.study": "curriculum"}
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         budget = " ".join(QUICK_BUDGET if args.quick else BUDGET)
         seeds = f"seeds 0..{args.seeds - 1}"
         intro = f"# Curriculum and augmentation study\n\n{args.arch}, {budget}, {seeds}\n\n"
-        vision.write_report(args.out, "curriculum.md", intro + table)
+        common.write_report(args.out, "curriculum.md", intro + table)
         figure = seeds_figure(results)
         figure.savefig(args.out / "curriculum.png", dpi=110)
         tracking.log_figure(figure, "plots/curriculum.png")
