@@ -97,14 +97,10 @@ def _train() -> nn.Module:
     raise AssertionError(f"the synthetic model did not learn its task: accuracy {accuracy:.2f}")
 
 
-def write_region_cache(cache_dir: Path, fp32: str = "outputs") -> Path:
-    """A verified `region` bundle in a model cache, as if downloaded before: the torch weights
-    plus, as the export stage writes them, an fp32 ONNX variant and sample inputs, with its
-    expected outputs (`fp32="outputs"`), without them (`"onnx"`), or no fp32 variant (`""`)."""
-    bundle_dir = cache_dir / "region" / "1"
-    bundle_dir.mkdir(parents=True)
+def write_region_bundle(directory: Path) -> None:
+    """The `region` model's torch bundle (safetensors weights, architecture, labels)."""
     write_torch_bundle(
-        bundle_dir,
+        directory,
         trained_region_model(),
         name="region",
         architecture=ARCH,
@@ -114,6 +110,15 @@ def write_region_cache(cache_dir: Path, fp32: str = "outputs") -> Path:
         source={"run_id": "test"},
         metrics={},
     )
+
+
+def write_region_cache(cache_dir: Path, fp32: str = "outputs") -> Path:
+    """A verified `region` bundle in a model cache, as if downloaded before: the torch weights
+    plus, as the export stage writes them, an fp32 ONNX variant and sample inputs, with its
+    expected outputs (`fp32="outputs"`), without them (`"onnx"`), or no fp32 variant (`""`)."""
+    bundle_dir = cache_dir / "region" / "1"
+    bundle_dir.mkdir(parents=True)
+    write_region_bundle(bundle_dir)
     if fp32:
         add_fp32_export(bundle_dir, with_outputs=fp32 == "outputs")
     (cache_dir / "region" / "aliases.json").write_text(json.dumps({"production": "1"}))

@@ -31,21 +31,10 @@ def held_out() -> np.ndarray:
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The trained model's own fp32 ONNX export, run by onnxruntime (what a variant is)."""
-    from models.classify import write_torch_bundle
-    from tests.tinyexplain import ARCH, LABELS
+    from tests.tinyexplain import write_region_bundle
 
     directory = tmp_path_factory.mktemp("agreement")
-    write_torch_bundle(
-        directory,
-        trained_region_model(),
-        name="region",
-        architecture=ARCH,
-        spec=SPEC,
-        classes=[0, 1],
-        labels=LABELS,
-        source={"run_id": "test"},
-        metrics={},
-    )
+    write_region_bundle(directory)
     add_fp32_export(directory, with_outputs=False)
     return directory / "model.onnx"
 
