@@ -112,24 +112,35 @@ class ModelControl:
             return loaded
 
     async def _switch(self, slot: ModelSlot, source: ModelSource, what: str) -> LoadedModel:
-        current = slot.current
-        if current is None:
-            raise ModelNotReadyError("the model is still loading; retry once it is ready")
-        previous, slot.source = slot.source, source  # the alias watcher now reads `source`
-        try:
-            loaded = await asyncio.to_thread(self.runtime.load_once, slot.spec.key)
-        except Exception as exc:  # any load failure refuses the version (re-raised as 409)
-            slot.source = previous
-            self.runtime.metrics.model_load_failures.labels(self.runtime.service_name).inc()
-            raise LoadRefusedError(
-                f"{what} cannot be served ({type(exc).__name__}: {exc}); "
-                f"still serving version {current.version}"
-            ) from exc
-        if loaded.version == current.version:
+        current, loaded = await asyncio.to_thread(self._load_and_activate, slot, source, what)
+        if loaded is current:
             return current  # already serving it: nothing to switch
-        self.runtime.activate(loaded)  # one assignment: new requests go to the new version
         await current.batcher.drain(self.runtime.settings.request_timeout_s)
         return loaded
+
+    def _load_and_activate(
+        self, slot: ModelSlot, source: ModelSource, what: str
+    ) -> tuple[LoadedModel, LoadedModel]:
+        """(the model serving before, the one serving now), under the runtime's swap lock, so
+        the alias watcher never swaps between this load and its activation."""
+        with self.runtime.swap_lock:
+            current = slot.current
+            if current is None:
+                raise ModelNotReadyError("the model is still loading; retry once it is ready")
+            previous, slot.source = slot.source, source  # the alias watcher now reads `source`
+            try:
+                loaded = self.runtime.load_once(slot.spec.key)
+            except Exception as exc:  # any load failure refuses the version (re-raised as 409)
+                slot.source = previous
+                self.runtime.metrics.model_load_failures.labels(self.runtime.service_name).inc()
+                raise LoadRefusedError(
+                    f"{what} cannot be served ({type(exc).__name__}: {exc}); "
+                    f"still serving version {current.version}"
+                ) from exc
+            if loaded.version == current.version:
+                return current, current
+            self.runtime.activate(loaded)  # one assignment: new requests go to the new version
+            return current, loaded
 
 
 def check_enabled(settings: ServingSettings) -> None:

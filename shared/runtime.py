@@ -65,6 +65,8 @@ class ModelRuntime:
         self.arriving = 0  # batched requests between preprocess and the batcher's queue
         self.observer = Observer(settings, metrics)  # drift and the prediction log
         self._stop = threading.Event()
+        #: one swap at a time: the alias watcher and explicit model control (shared/repository)
+        self.swap_lock = threading.Lock()
         self.draining = False  # set on SIGTERM: /readyz answers 503 while requests still run
 
     # ---- state -----------------------------------------------------------------------------
@@ -209,24 +211,27 @@ class ModelRuntime:
         beside the serving one, switch atomically, then drain the old batcher. A failed load
         keeps the old model serving (counted in model_load_failures_total)."""
         slot = self.slots[key or self.primary]
-        current = slot.current
-        if slot.source is None or current is None:
-            return False
-        try:
-            version = slot.source.current_version()
-        except Exception as exc:  # noqa: BLE001 - registry down: keep serving, look again later
-            log.warning("cannot check %s for a new version: %s", slot.source.uri, exc)
-            return False
-        if version is None or version == current.version:
-            return False
-        log.info("%s moved to version %s (serving %s)", slot.source.uri, version, current.version)
-        try:
-            loaded = self.load_once(slot.spec.key)
-        except Exception as exc:  # noqa: BLE001 - reported; the old model keeps serving
-            self.metrics.model_load_failures.labels(self.service_name).inc()
-            log.error("new version failed to load; still serving %s: %s", current.version, exc)
-            return False
-        self.activate(loaded)  # one attribute assignment: new requests go to the new model
+        with self.swap_lock:  # a pin or unpin (model control) swaps under the same lock
+            current = slot.current
+            if slot.source is None or current is None:
+                return False
+            try:
+                version = slot.source.current_version()
+            except Exception as exc:  # noqa: BLE001 - registry down: keep serving, look later
+                log.warning("cannot check %s for a new version: %s", slot.source.uri, exc)
+                return False
+            if version is None or version == current.version:
+                return False
+            log.info(
+                "%s moved to version %s (serving %s)", slot.source.uri, version, current.version
+            )
+            try:
+                loaded = self.load_once(slot.spec.key)
+            except Exception as exc:  # noqa: BLE001 - reported; the old model keeps serving
+                self.metrics.model_load_failures.labels(self.service_name).inc()
+                log.error("new version failed to load; still serving %s: %s", current.version, exc)
+                return False
+            self.activate(loaded)  # one attribute assignment: new requests go to the new model
         drained = asyncio.run_coroutine_threadsafe(
             current.batcher.drain(self.settings.request_timeout_s), loop
         )
