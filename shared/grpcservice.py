@@ -101,6 +101,11 @@ def bearer_accepted(tokens: tuple[bytes, ...], metadata: Any) -> bool:
     return any([hmac.compare_digest(supplied, token) for token in tokens])
 
 
+#: a client cancels at its own deadline, which the server, having received `grpc-timeout`
+#: a transit later, reaches a few ms after: a cancel this close to the deadline is the deadline
+DEADLINE_SLACK_S = 0.1
+
+
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     """The protocol's methods for this service's tensor models, through the runtime."""
 
@@ -241,7 +246,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                         detail = "the server failed to handle this call; see the log for its id"
                 except asyncio.CancelledError:  # the client went away or its deadline passed
                     left = context.time_remaining()
-                    expired = left is not None and left <= 0
+                    expired = left is not None and left <= DEADLINE_SLACK_S
                     code = (
                         grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
                     )

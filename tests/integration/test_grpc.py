@@ -227,7 +227,7 @@ def slow_service(root: Path) -> Iterator[tuple[Served, tgrpc.InferenceServerClie
         "MODEL_VARIANT": "slow",
         "INFERENCE_WORKERS": "1",
         "MAX_BATCH_SIZE": str(BATCH),
-        "MAX_QUEUE": str(8 * BATCH),  # every row of a call waits in the queue as an item
+        "MAX_QUEUE": str(16 * BATCH),  # every row of a call waits in the queue as an item
         "GRPC_PORT": str(port),
     }
     with serve_cached("classify", root / "cache", root / "slow.log", settings) as service:
@@ -253,13 +253,15 @@ def test_deadline_and_sigterm_drain_behind_a_slow_batch(tmp_path: Path) -> None:
         def collect(result: object, error: object) -> None:
             answers.append(result or error)
 
-        # four batches, one after another: the late call waits behind at least three (>1 s)
-        client.async_infer("classify", [infer_input(np.concatenate([x] * 4))], collect)
+        # eight batches, one after another: the late call waits behind at least seven (>2 s
+        # idle, more under load), while its 1 s deadline leaves time to reach the server's
+        # handler on a loaded machine (a call that expires before it is counted nowhere)
+        client.async_infer("classify", [infer_input(np.concatenate([x] * 8))], collect)
         poll_until(lambda: batches_started(service.url) >= 1, 30, "its first batch in predict")
         late = [infer_input(x[:1])]
-        refused(lambda: client.infer("classify", late, client_timeout=0.5), "DEADLINE_EXCEEDED")
+        refused(lambda: client.infer("classify", late, client_timeout=1.0), "DEADLINE_EXCEEDED")
         poll_until(lambda: answers, 60, "the slow call's answer")
-        assert answers.pop().as_numpy("logits").shape == (4 * BATCH, 10)  # type: ignore[attr-defined]
+        assert answers.pop().as_numpy("logits").shape == (8 * BATCH, 10)  # type: ignore[attr-defined]
         poll_until(
             lambda: 'code="DEADLINE_EXCEEDED",method="ModelInfer"' in scrape(service.url),
             10,
