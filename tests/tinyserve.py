@@ -110,3 +110,19 @@ def serve_classify(
     """The classify service from the cache (`serve_cached`); yield its URL."""
     with serve_cached("classify", cache_dir, log, {"MODEL_VARIANT": variant, **(env or {})}) as s:
         yield s.url
+
+
+def v2_logits_over_rest(
+    host_port: str, x: np.ndarray, headers: dict[str, str], model: str = "classify"
+) -> np.ndarray:
+    """`model`'s logits for `x` through tritonclient.http (V2, binary tensor data) at
+    HOST:PORT. tritonclient writes its own headers into the dict it is given: it gets a copy."""
+    import tritonclient.http as thttp
+
+    client = thttp.InferenceServerClient(url=host_port)
+    try:
+        tensor = thttp.InferInput("input", list(x.shape), "FP32")
+        tensor.set_data_from_numpy(x, binary_data=True)
+        return client.infer(model, [tensor], headers=dict(headers)).as_numpy("logits")
+    finally:
+        client.close()

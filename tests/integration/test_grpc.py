@@ -20,7 +20,6 @@ import httpx
 import numpy as np
 import pytest
 import tritonclient.grpc as tgrpc
-import tritonclient.http as thttp
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from tritonclient.grpc import service_pb2 as pb
@@ -30,7 +29,7 @@ from tritonclient.utils import InferenceServerException
 from shared.media import decode_image, image_to_array
 from tests.procs import free_port, poll_until
 from tests.tinymodels import SPEC, digit_png, linear_logits, seed_cache, tiny_classifier
-from tests.tinyserve import Served, seed_two_speed_cache, serve_cached
+from tests.tinyserve import Served, seed_two_speed_cache, serve_cached, v2_logits_over_rest
 
 TOKEN = "grpc-test-token"
 AUTH = {"authorization": f"Bearer {TOKEN}"}
@@ -127,14 +126,7 @@ def test_infer_agrees_with_numpy_rest_and_the_true_labels(
     from_typed = np.frombuffer(answer.raw_output_contents[0], np.float32).reshape(raw.shape)
     np.testing.assert_array_equal(from_typed, raw)
 
-    rest = thttp.InferenceServerClient(url=served.url.removeprefix("http://"))
-    try:
-        tensor_http = thttp.InferInput("input", list(x.shape), "FP32")
-        tensor_http.set_data_from_numpy(x, binary_data=True)
-        # tritonclient.http adds its own headers to the dict it is given: a copy
-        over_rest = rest.infer("classify", [tensor_http], headers=dict(AUTH)).as_numpy("logits")
-    finally:
-        rest.close()
+    over_rest = v2_logits_over_rest(served.url.removeprefix("http://"), x, AUTH)
     np.testing.assert_array_equal(raw, over_rest)
 
 

@@ -20,12 +20,11 @@ import httpx
 import numpy as np
 import pytest
 import tritonclient.grpc as tgrpc
-import tritonclient.http as thttp
 import yaml
 
 from tests.procs import BIN, free_port, running, wait_http
 from tests.tinymodels import linear_logits, seed_cache, tiny_classifier
-from tests.tinyserve import DEAD_REGISTRY
+from tests.tinyserve import DEAD_REGISTRY, v2_logits_over_rest
 
 ROOT = Path(__file__).resolve().parents[2]
 KSERVE = ROOT / "k8s" / "kserve"
@@ -127,13 +126,7 @@ def test_the_runtime_answers_v2_over_http_and_grpc_with_the_same_numbers(served:
     x = rng.normal(0, 1, size=(5, 3, 8, 8)).astype(np.float32)
     expected = linear_logits(tiny_classifier(fitted=True), x)
 
-    rest = thttp.InferenceServerClient(url=served.url("http1"))
-    try:
-        tensor = thttp.InferInput("input", list(x.shape), "FP32")
-        tensor.set_data_from_numpy(x, binary_data=True)
-        over_rest = rest.infer("classify", [tensor], headers=dict(AUTH)).as_numpy("logits")
-    finally:
-        rest.close()
+    over_rest = v2_logits_over_rest(served.url("http1"), x, AUTH)
 
     grpc = tgrpc.InferenceServerClient(url=served.url("h2c"))
     try:

@@ -277,6 +277,8 @@ class Stage:
     def torch_rows(self) -> None:
         """PyTorch's own runtime on the same data: TorchScript fp32 and torch.ao int8 (report
         only; see training.export.torch_native)."""
+        params = tracking.parameter_count(self.model)  # int8 rows report their float source's
+        flops = tracking.flops_per_image(self.model, self.shape)
         for name in self.options.torch_rows:
             path = self.work / f"model.{name}.pt"
             runner, diff, agreement = torch_native.build(
@@ -293,8 +295,8 @@ class Stage:
                 name=name,
                 file=path.name,
                 size_bytes=path.stat().st_size,
-                params=tracking.parameter_count(self.model),
-                flops=tracking.flops_per_image(self.model, self.shape),
+                params=params,
+                flops=flops,
                 max_abs_diff_torch=diff,
                 kind="torch",
                 gate=torch_native.parity_gate(name, diff, agreement),
