@@ -7,7 +7,13 @@ the reference every `DRIFT_CHECK_EVERY` items, off the request path, with scipy:
 - `features`: a two-sample Kolmogorov-Smirnov test per column, Bonferroni-corrected (what Alibi
   Detect's KSDrift does; Alibi Detect itself pins numpy<2, Pillow<11 and transformers<5);
 - `classes` (classifiers): a chi-square test of the window's predicted-class counts against the
-  reference's (the prior shift a KS test on single columns can miss).
+  reference's (the prior shift a KS test on single columns can miss);
+- `mmd`: a kernel two-sample test (MMD, permutation p-value; shared/mmd.py) on the rows as
+  whole vectors (the embedding or the logits with the input statistics, standardized): a
+  shift of the joint distribution that leaves every single column's marginal alone.
+Text classifiers (`text-classifier/1`) have token statistics for inputs: length, the share of
+distinct ids, the mean log id (byte-level BPE numbers its merges in order of frequency, so rare
+words raise it) and the share of single-byte tokens (an unseen script falls apart into bytes).
 """
 
 from __future__ import annotations
@@ -24,9 +30,13 @@ from scipy import stats
 
 from shared.bundle import Bundle
 from shared.errors import BundleError
+from shared.mmd import MMDTest
 
 MIN_ITEMS = 30  # fewer items than this in the window: no test (its p-values mean little)
 MIN_REFERENCE = 50
+#: ids below this are the 4 special tokens and the 256 single bytes of the byte-level BPE
+#: tokenizer training builds (training/text_data.py `train_tokenizer`)
+BYTE_TOKENS = 260
 
 
 def _moments(inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -51,16 +61,32 @@ def embedding_features(inputs: np.ndarray, embeddings: np.ndarray) -> np.ndarray
     return np.column_stack([mean, std, norm, embeddings]).astype(np.float32)
 
 
+def text_features(inputs: list[list[int]], logits: np.ndarray) -> np.ndarray:
+    """Rows of (tokens, distinct share, mean log id, byte share, top-1 score, logits...); an
+    item is one text's token ids."""
+    stats_of = []
+    for ids in inputs:
+        array = np.asarray(ids, dtype=np.float64)
+        count = max(len(array), 1)
+        distinct = len(np.unique(array)) / count
+        stats_of.append((len(array), distinct, np.log1p(array).sum() / count,
+                         (array < BYTE_TOKENS).sum() / count))  # fmt: skip
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    confidence = 1.0 / shifted.sum(1)
+    return np.column_stack([np.array(stats_of), confidence, logits]).astype(np.float32)
+
+
 @dataclass(frozen=True)
 class FeatureSet:
     """How one kind of model's items become feature rows; `classes_from` is the first logit
     column for classifiers (the predicted class is the argmax from there), else None."""
 
-    compute: Callable[[np.ndarray, np.ndarray], np.ndarray]
+    compute: Callable[[Any, np.ndarray], np.ndarray]
     head: tuple[str, ...]
     tail: str
     classes_from: int | None
     stacked: bool = False  # an item holds several inputs: concatenated, not stacked
+    ragged: bool = False  # items of different lengths (token ids): handed over as a list
 
     def columns(self, width: int) -> list[str]:
         return [*self.head, *(f"{self.tail}_{i}" for i in range(width - len(self.head)))]
@@ -73,6 +99,13 @@ FEATURE_SETS = {
     "embedding/1": FeatureSet(
         embedding_features, ("input_mean", "input_std", "norm"), "dim", None, stacked=True
     ),
+    "text-classifier/1": FeatureSet(
+        text_features,
+        ("tokens", "distinct_share", "mean_log_id", "byte_share", "score"),
+        "logit",
+        5,
+        ragged=True,
+    ),
 }
 
 
@@ -80,7 +113,7 @@ def features_of(kind: str, items: list[Any], outputs: list[Any]) -> np.ndarray:
     """Feature rows of served (preprocessed item, output) pairs."""
     features = FEATURE_SETS[kind]
     join = np.concatenate if features.stacked else np.stack
-    return features.compute(join(items), join(outputs))
+    return features.compute(list(items) if features.ragged else join(items), join(outputs))
 
 
 @dataclass(frozen=True)
@@ -142,7 +175,9 @@ class DriftMonitor:
         ref_classes = reference.classes(reference.rows)
         width = reference.rows.shape[1] - (FEATURE_SETS[reference.kind].classes_from or 0)
         self._ref_counts = None if ref_classes is None else np.bincount(ref_classes, None, width)
-        self.tests = ("features",) if self._ref_counts is None else ("features", "classes")
+        self._mmd = MMDTest(reference.rows, p_value)
+        classes = () if self._ref_counts is None else ("classes",)
+        self.tests = ("features", *classes, "mmd")
 
     def add(self, rows: np.ndarray) -> bool:
         """Add served rows; True when a test is due (every `check_every` items)."""
@@ -169,6 +204,7 @@ class DriftMonitor:
         results = {"features": self._ks(rows)}
         if self._ref_counts is not None:
             results["classes"] = self._classes(rows)
+        results["mmd"] = self._mmd_verdict(rows)
         with self._lock:
             self.last, self.checked_at_items, self.checked_time = results, seen, time.time()
         return results
@@ -194,6 +230,15 @@ class DriftMonitor:
         distance = float(0.5 * np.abs(ref_share - share).sum())  # total variation
         detail = {"window_counts": counts.tolist(), "reference_share": ref_share.round(4).tolist()}
         return Verdict(distance, p_value, p_value < self.threshold, detail)
+
+    def _mmd_verdict(self, rows: np.ndarray) -> Verdict:
+        found = self._mmd.test(rows)
+        detail = {
+            "columns": len(self.columns),
+            "permutations": found.permutations,
+            "bandwidth": round(self._mmd.bandwidth, 6),
+        }
+        return Verdict(found.statistic, found.p_value, found.p_value < self.threshold, detail)
 
     def report(self) -> dict[str, Any]:
         """GET /v1/model/drift for this model: the window, the last tests, the verdict."""

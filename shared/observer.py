@@ -1,9 +1,11 @@
-"""What the runtime hands over after each batched request: drift and the prediction log.
+"""What the runtime hands over after each request: drift and the prediction log.
 
 `Runtime.submit` (the path every protocol's batched request takes: task routes, V2, gRPC)
 gives the observer the items, outputs and latency of a request with one non-blocking queue put.
 The observer's thread turns them into drift feature rows (tested every DRIFT_CHECK_EVERY
 items, gauges updated) and, for the sampled share of requests, a prediction-log record.
+Direct and streaming calls (`Runtime.observe_call`, from the task route once the answer is
+there) have no drift reference: the sampled share of them is logged, one item per call.
 """
 
 from __future__ import annotations
@@ -14,13 +16,17 @@ import math
 import queue
 import random
 import threading
+import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shared.drift import DriftMonitor, DriftReference, Verdict, features_of
 from shared.metrics import Metrics
 from shared.predlog import CloudEventsSink, JsonlSink, PredictionLog, Sink, record, summarize_input
 from shared.settings import ServingSettings
+
+if TYPE_CHECKING:
+    from shared.slots import LoadedModel
 
 log = logging.getLogger("modelplane.observer")
 
@@ -41,6 +47,7 @@ class Observation:
     outputs: list[Any]
     latency_s: float
     when: float
+    call: bool = False  # a direct or streaming call: already sampled, summarized per call
 
 
 class Observer:
@@ -95,12 +102,37 @@ class Observer:
         except queue.Full:
             self.metrics.prediction_log_dropped.labels(self.service, "observer_behind").inc()
 
+    def observe_call(
+        self,
+        loaded: LoadedModel,
+        endpoint: str,
+        request_id: str | None,
+        work: Any,
+        output: Any,
+        latency_s: float,
+    ) -> None:
+        """A direct or streaming call's answer, sampled here (its output may be large: images),
+        then handed over like a batched request. A call without input (a GET of facts such as
+        the schedulers or the filters) is no prediction: not logged."""
+        if self.log is None or work is None or self.random.random() >= self.rate:
+            return
+        info = loaded.info()
+        when = time.time()
+        self.observe(
+            Observation(
+                loaded.key, loaded.model, info, None, endpoint, request_id, [work], [output],
+                latency_s, when, call=True,
+            )
+        )  # fmt: skip
+
     def _run(self) -> None:
         while (batch := self._take()) is not None:
             try:
                 self._drift(batch)
                 for observation in batch:
-                    if self.log is not None and self.random.random() < self.rate:
+                    if self.log is not None and (
+                        observation.call or self.random.random() < self.rate
+                    ):
                         self._log(self.log, observation)
             except Exception:  # observing never stops serving
                 log.exception("observing %d requests failed", len(batch))
@@ -146,11 +178,15 @@ class Observer:
 
     def _record(self, observation: Observation) -> dict[str, Any]:
         raw = self.settings.prediction_log_inputs
-        summarize = observation.model.summarize
-        items = [
-            {"input": summarize_input(item, raw), "output": summarize(output)}
-            for item, output in zip(observation.items, observation.outputs, strict=True)
-        ]
+        model = observation.model
+        pairs = zip(observation.items, observation.outputs, strict=True)
+        if observation.call:
+            items = [model.summarize_call(work, output) for work, output in pairs]
+        else:
+            items = [
+                {"input": summarize_input(item, raw), "output": model.summarize(output)}
+                for item, output in pairs
+            ]
         return record(
             observation.request_id,
             observation.endpoint,

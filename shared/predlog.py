@@ -2,7 +2,9 @@
 
 A record holds the time, request id, endpoint, model, latency, and per item a hash and a
 compact summary of the model's input (shape, mean, std; the tensor itself only with
-PREDICTION_LOG_INPUTS) and of its output (top-1 and score, embedding norm). Records go to a
+PREDICTION_LOG_INPUTS) and of its output (top-1 and score, embedding norm). Direct and
+streaming calls (explain, generate, text generation) are one item each, summarized by the
+model's `summarize_call` (method and target, image size, generated tokens). Records go to a
 rotating JSONL file, or as CloudEvents (binary mode, KServe's inference-logger event type) to
 PREDICTION_LOG_URL. The sink runs on its own thread behind a bounded queue: a slow or dead sink
 never slows or fails a request; its records are dropped and counted.
@@ -50,13 +52,26 @@ def summarize_input(item: Any, raw: bool = False) -> dict[str, Any]:
         if raw:
             summary["data_base64"] = base64.b64encode(data).decode()
         return summary
+    if isinstance(item, list | tuple) and all(isinstance(i, int) for i in item):
+        return summarize_tokens(item)
     return {"type": type(item).__name__}
 
 
+def summarize_tokens(ids: list[int] | tuple[int, ...]) -> dict[str, Any]:
+    """Token ids: their sha256 (of the ids as int64) and how many; never the ids."""
+    data = np.asarray(ids, dtype=np.int64).tobytes()
+    return {"sha256": hashlib.sha256(data).hexdigest(), "tokens": len(ids)}
+
+
 def summarize_output(output: Any) -> dict[str, Any]:
-    """A compact summary of one model output: shape and norm of a tensor."""
+    """A compact summary of one model output: shape and norm of a tensor, size and hash of
+    bytes (a PNG), the fields of an answer."""
     if isinstance(output, np.ndarray):
         return {"shape": list(output.shape), "norm": round(float(np.linalg.norm(output)), 6)}
+    if isinstance(output, bytes):
+        return {"bytes": len(output), "sha256": hashlib.sha256(output).hexdigest()}
+    if isinstance(output, dict):
+        return {"fields": sorted(output)}
     return {"type": type(output).__name__}
 
 

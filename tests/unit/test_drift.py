@@ -70,7 +70,7 @@ def test_clean_held_out_digits_rarely_raise_a_false_alarm(
 ) -> None:
     clean = served_features(bundle, digit_pixels(CLEAN))
     rng = np.random.default_rng(0)
-    alarms = {"features": 0, "classes": 0}
+    alarms = {"features": 0, "classes": 0, "mmd": 0}
     for _ in range(REPEATS):
         window = clean[rng.choice(len(clean), WINDOW, replace=False)]
         for test, result in full_window(reference, window).check().items():
@@ -101,6 +101,43 @@ def test_corrupted_digits_raise_the_alarm_within_the_stated_items(
             delays.append(len(corrupted) + 1)
     print(f"{corruption}: items until alarm, median {np.median(delays):.0f}, max {max(delays)}")
     assert max(delays) <= WITHIN[corruption]
+
+
+#: stated detection delay of the MMD test alone (the whole feature row as one vector)
+MMD_WITHIN = {"rotated": 40, "inverted": 30, "noisy": 100}
+
+
+@pytest.mark.parametrize("corruption", sorted(CORRUPTIONS))
+def test_mmd_alone_flags_each_corruption_within_the_stated_items(
+    bundle: Bundle, reference: DriftReference, corruption: str
+) -> None:
+    clean = served_features(bundle, digit_pixels(CLEAN))
+    corrupted = served_features(bundle, CORRUPTIONS[corruption](digit_pixels(CLEAN)))
+    rng = np.random.default_rng(2)
+    delays = []
+    for _ in range(10):
+        monitor = full_window(reference, clean[rng.choice(len(clean), WINDOW, replace=False)])
+        assert not monitor.check()["mmd"].drifted
+        order = rng.permutation(len(corrupted))
+        for sent in range(10, len(corrupted) + 1, 10):
+            monitor.add(corrupted[order[sent - 10 : sent]])
+            if monitor.check()["mmd"].drifted:
+                delays.append(sent)
+                break
+        else:
+            delays.append(len(corrupted) + 1)
+    print(
+        f"mmd, {corruption}: items until alarm, median {np.median(delays):.0f}, max {max(delays)}"
+    )
+    assert max(delays) <= MMD_WITHIN[corruption]
+
+
+def test_mmd_report_names_the_vector_it_compares(bundle: Bundle, reference: DriftReference) -> None:
+    inverted = served_features(bundle, CORRUPTIONS["inverted"](digit_pixels(CLEAN)))
+    found = full_window(reference, inverted[:WINDOW]).check()["mmd"]
+    assert found.drifted and found.statistic > 0 and found.p_value < P_VALUE
+    assert found.detail["columns"] == 13  # the whole row: input statistics, score, logits
+    assert found.detail["permutations"] >= 1 / P_VALUE  # enough to resolve the threshold
 
 
 def test_one_class_only_is_a_predicted_class_shift(

@@ -1,5 +1,6 @@
 """Drift of the similarity service's embeddings: the tiny encoder's bundle gets a reference of
-validation digits; embedding the test digits keeps it quiet, inverted digits raise it."""
+validation digits; embedding the test digits keeps it quiet, inverted digits raise it (the
+per-dimension KS test and the MMD test on the embedding as a whole, each on its own)."""
 
 from __future__ import annotations
 
@@ -46,7 +47,50 @@ def test_embedding_drift_stays_quiet_on_test_digits_and_flags_inverted_ones(
     with serving(tmp_path / "cache", drift_window=WINDOW, drift_check_every=10) as client:
         quiet = embed_all(client, test[:WINDOW], 0)["models"]["similarity"]
         assert quiet["features"] == "embedding/1" and not quiet["drifted"], quiet
-        assert set(quiet["tests"]) == {"features"}  # no classes: an encoder has none
+        assert set(quiet["tests"]) == {"features", "mmd"}  # no classes: an encoder has none
+        assert not quiet["tests"]["mmd"]["drifted"], quiet["tests"]["mmd"]
         drifted = embed_all(client, 255 - test[WINDOW : WINDOW + 60], WINDOW)
     entry = drifted["models"]["similarity"]
     assert drifted["drifted"] and entry["tests"]["features"]["p_value"] < 0.001, entry
+    assert entry["tests"]["mmd"]["drifted"] and entry["tests"]["mmd"]["p_value"] < 0.001, entry
+
+
+def test_mmd_on_embeddings_rarely_alarms_on_test_digits_and_flags_corrupted_ones(
+    tmp_path: Path,
+) -> None:
+    """Repeated windows of the tiny encoder's test-digit embeddings against its validation
+    reference: the false-alarm rate of the MMD test alone; then inverted, rotated and noisy
+    digits, a full window each."""
+    from shared.bundle import open_bundle
+    from shared.drift import DriftMonitor, DriftReference, embedding_features
+    from tests.tinysimilarity import reference_embeddings
+
+    bundle_dir = seed_cache(tmp_path / "cache")
+    splits = load_splits()
+    add_reference(bundle_dir, "embedding/1", preprocess(splits["val"].images, SPEC), "val")
+    reference = DriftReference.from_bundle(open_bundle(bundle_dir), "fp32")
+    assert reference is not None
+
+    def rows(images: np.ndarray) -> np.ndarray:
+        inputs = preprocess(images, SPEC)
+        return embedding_features(inputs, reference_embeddings(inputs))
+
+    def mmd(window: np.ndarray) -> bool:
+        monitor = DriftMonitor(reference, WINDOW, 10, 0.001)
+        monitor.add(window)
+        return monitor.check()["mmd"].drifted
+
+    test = splits["test"].images
+    clean = rows(test)
+    rng = np.random.default_rng(0)
+    alarms = sum(mmd(clean[rng.choice(len(clean), WINDOW, replace=False)]) for _ in range(100))
+    print(f"mmd on embeddings: {alarms} false alarms in 100 windows of {WINDOW} test digits")
+    assert alarms <= 2
+    noise = np.random.default_rng(7).normal(0, 64, size=test.shape)
+    corrupted = {
+        "inverted": 255 - test,
+        "rotated": np.rot90(test, 1, axes=(1, 2)).copy(),
+        "noisy": np.clip(test + noise, 0, 255).astype(np.uint8),
+    }
+    for name, images in corrupted.items():
+        assert mmd(rows(images)[:WINDOW]), f"{name} digits did not raise the MMD alarm"

@@ -2,9 +2,10 @@
 
 For each bundled variant, `drift.<variant>.npy` holds one row of features per held-out item
 (shared/drift.py: input mean and std, top-1 score and logits for classifiers; the embedding for
-encoders), float32, listed and checksummed in the manifest like every bundle file, read with
-allow_pickle=False. Classify uses the validation split: the test split stays for the export's
-own figures and for the drift tests' clean traffic.
+encoders; token statistics, score and logits for the text classifier), float32, listed and
+checksummed in the manifest like every bundle file, read with allow_pickle=False. Classify and
+text-classify use the validation split: the test split stays for the export's own figures and
+for the drift tests' clean traffic.
 """
 
 from __future__ import annotations
@@ -19,8 +20,15 @@ from shared.drift import FEATURE_SETS
 from shared.media import ImageSpec
 from shared.onnx import OnnxModel
 
-KINDS = {"classify": "classifier/1", "similarity": "embedding/1"}
+KINDS = {
+    "classify": "classifier/1",
+    "similarity": "embedding/1",
+    "text-classify": "text-classifier/1",
+}
 _GENERATED = ("format", "created", "files")  # what write_manifest fills in itself
+TEXT_PER_LANGUAGE = 40  # validation sentences per language in a text reference
+TESTS = "KS per column (Bonferroni); chi-square on predicted classes (classifiers); MMD on outputs"
+Inputs = np.ndarray | list[list[int]]  # image tensors, or token ids of texts (ragged)
 
 
 def digits_reference(source: Bundle) -> tuple[np.ndarray, str]:
@@ -32,10 +40,35 @@ def digits_reference(source: Bundle) -> tuple[np.ndarray, str]:
     return digits.preprocess(val.images, spec), f"validation split, {len(val.labels)} digits"
 
 
+def text_reference(source: Bundle) -> tuple[list[list[int]], str]:
+    """Validation sentences as the service tokenizes them (longer than the model takes: left
+    out, as serving refuses them)."""
+    from tokenizers import Tokenizer
+
+    from training import text_data
+
+    tokenizer = Tokenizer.from_file(str(source.file("tokenizer.json")))
+    limit = int(source.preprocessing["max_len"])
+    texts = text_data.language_split("val", TEXT_PER_LANGUAGE).texts
+    rows = [e.ids for e in tokenizer.encode_batch(texts) if 0 < len(e.ids) <= limit]
+    return rows, f"validation split, {len(rows)} sentences"
+
+
+def _batch(inputs: Inputs, start: int, stop: int) -> np.ndarray:
+    """Rows `start:stop` as the model's input (token ids right-padded with 0, as served)."""
+    if isinstance(inputs, np.ndarray):
+        return inputs[start:stop]
+    rows = inputs[start:stop]
+    batch = np.zeros((len(rows), max(len(ids) for ids in rows)), dtype=np.int64)
+    for index, ids in enumerate(rows):
+        batch[index, : len(ids)] = ids
+    return batch
+
+
 def write_reference(
     out: Path,
     kind: str,
-    inputs: np.ndarray,
+    inputs: Inputs,
     variants: dict[str, str],
     specs: tuple[list[TensorSpec], list[TensorSpec]],
     source: str,
@@ -48,7 +81,7 @@ def write_reference(
         model = OnnxModel(out / file, specs[0], specs[1], intra_op_threads=1)
         feed = specs[0][0].name
         outputs = np.concatenate(
-            [model.run({feed: inputs[i : i + 128]})[0] for i in range(0, len(inputs), 128)]
+            [model.run({feed: _batch(inputs, i, i + 128)})[0] for i in range(0, len(inputs), 128)]
         )
         files[name] = f"drift.{name}.npy"
         np.save(out / files[name], compute(inputs, outputs))
@@ -57,7 +90,7 @@ def write_reference(
         "files": files,
         "items": len(inputs),
         "source": source,
-        "tests": "KS per column (Bonferroni); chi-square on predicted classes (classifiers)",
+        "tests": TESTS,
     }
 
 
@@ -67,11 +100,14 @@ def bundle_reference(out: Path, source: Bundle, variants: dict[str, str]) -> dic
     kind = KINDS.get(source.task)
     if kind is None:
         return None
-    inputs, described = digits_reference(source)
+    inputs: Inputs
+    inputs, described = (
+        text_reference(source) if kind == "text-classifier/1" else digits_reference(source)
+    )
     return write_reference(out, kind, inputs, variants, (source.inputs, source.outputs), described)
 
 
-def add_reference(directory: Path, kind: str, inputs: np.ndarray, source: str) -> dict[str, Any]:
+def add_reference(directory: Path, kind: str, inputs: Inputs, source: str) -> dict[str, Any]:
     """Give an existing bundle a drift reference (every variant) and rewrite its manifest."""
     manifest = read_manifest(directory)
     bundle = Bundle(directory, manifest)
