@@ -158,7 +158,7 @@ wrk:  ## install wrk (Debian package), the load generator of bench-serve and soa
 	@command -v wrk >/dev/null || { echo "==> installing wrk (Debian package)"; \
 	  $$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get install -y wrk; }
 
-bench-serve: setup wrk  ## classify over HTTP (wrk) vs raw onnxruntime; needs a served bundle (make demo)
+bench-serve: setup wrk  ## classify over HTTP (wrk) vs raw onnxruntime, LitServe and mlflow serve; server CPU per request; needs a served bundle (make demo)
 	$(MP) bench serve $(ARGS)
 
 soak: setup wrk  ## classify at half its capacity for minutes: RSS and fd growth per 1,000 requests

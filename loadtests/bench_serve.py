@@ -1,22 +1,27 @@
-"""`make bench-serve`: the classify service over HTTP against raw onnxruntime, on this machine.
+"""`make bench-serve`: the classify service over HTTP against raw onnxruntime and two peers.
 
-In one run: (1) raw onnxruntime in-process at batch 1 and batch 32 with the service's thread
-settings (the ceiling; measured before, between and after the service runs, median taken); (2)
-the running service over loopback HTTP at concurrency 1, 8 and 32, driven by wrk (C, one thread,
-a Lua script POSTing a real digit PNG), for each variant asked for, with dynamic batching on and
-off; (3) resident memory after warm-up and after load, and cold start from a cached bundle to
-ready; (4) the Open Inference Protocol on the fp32 variant at concurrency 1 and 32: REST
-(`/v2/models/classify/infer`, binary tensor, driven by wrk) beside gRPC (`ModelInfer`, raw
-contents, driven by `grpc_load`: an asyncio grpc.aio client, N calls in flight on one HTTP/2
-connection, in this process), both sending the same one-image tensor. Prints one table. Needs
-`wrk` (Debian package; Debian has no gRPC load generator such as ghz) and the bundle in the
-registry or the local cache (`make demo` or `make mlflow` + train + export).
+In one run: (0) the server CPU per request on a tiny, overhead-bound model the bench builds
+(loadtests/overhead.py), old layout pinned beside the default and any `--layouts`; then per
+variant (1) raw onnxruntime in-process at batch 1 and batch 32 with the service's thread
+settings (the ceiling; measured before, between and after every server, median taken); (2)
+the running service over loopback HTTP at concurrency 1, 8 and 32, driven by wrk (C, one
+thread, a Lua script POSTing a real digit PNG): the old layout pinned, the default, each
+`--layouts PxT[xB]`, and the peers serving the same ONNX file (loadtests/peers.py: LitServe
+with its own batching, `mlflow models serve`), each row with the server's CPU per request;
+(3) resident memory after warm-up and after load, and cold start to ready; (4) unless
+`--no-protocols`, the Open Inference Protocol on the fp32 variant at concurrency 1 and 32:
+REST (`/v2/models/classify/infer`, binary tensor, driven by wrk) beside gRPC (`ModelInfer`,
+raw contents, driven by `grpc_load`: an asyncio grpc.aio client, N calls in flight on one
+HTTP/2 connection, in this process). Prints one table and modelplane's ratio to each peer.
+Needs `wrk` (Debian package) and the bundle in the registry or the local cache (`make demo`,
+or the quick train + export in docs/performance.md).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import os
 import re
@@ -33,10 +38,12 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from loadtests.overhead import group_cpu_s, group_pids, model_cpu_per_item_s, write_tiny_bundle
+
 ROOT = Path(__file__).resolve().parents[1]
 LUA = """
 wrk.method = "POST"
-wrk.headers["Content-Type"] = "image/png"
+wrk.headers["Content-Type"] = os.getenv("BENCH_TYPE")
 local f = assert(io.open(os.getenv("BENCH_BODY"), "rb"))
 wrk.body = f:read("*a")
 f:close()
@@ -51,6 +58,9 @@ class Row:
     p50_ms: float
     p99_ms: float
     errors: int = 0
+    cpu_us: float | None = None  # server CPU per request (every process of the server)
+    outside_us: float | None = None  # cpu_us less the model's own CPU per item
+    variant: str = ""
 
 
 def raw_ort(bundle_path: Path, variant: str, threads: int, seconds: float) -> list[Row]:
@@ -79,6 +89,7 @@ def raw_ort(bundle_path: Path, variant: str, threads: int, seconds: float) -> li
                 batch / float(np.mean(times)),
                 float(np.percentile(times, 50)) * 1000,
                 float(np.percentile(times, 99)) * 1000,
+                variant=variant,
             )
         )
     return rows
@@ -147,15 +158,36 @@ class Served:
     procs: list[subprocess.Popen[bytes]]
     cold_start_s: float
 
+    @property
+    def pgids(self) -> set[int]:
+        """The servers' process groups (each started in its own session)."""
+        return {p.pid for p in self.procs}
+
+
+SERVICE = [sys.executable, "-m", "services.classify"]
+
 
 @contextmanager
-def served(env: dict[str, str], log_dir: Path, label: str, processes: int = 1) -> Iterator[Served]:
+def served(
+    env: dict[str, str],
+    log_dir: Path,
+    label: str,
+    processes: int = 1,
+    command: list[str] | None = None,
+    ready_path: str = "/readyz",
+) -> Iterator[Served]:
     """`python -m services.classify` on a free port (`processes` > 1: that many sharing it
-    with REUSE_PORT), ready on every process; stopped by PID on exit."""
+    with REUSE_PORT), ready on every process; stopped by PID on exit. `command` (a peer)
+    is run instead, with `{port}` in it replaced, ready once `ready_path` answers 200."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     if processes > 1:
         env = {**env, "REUSE_PORT": "true"}
+    argv = (
+        [a.replace("{port}", str(port)) for a in command]
+        if command
+        else [*SERVICE, "--port", str(port)]
+    )
     procs = []
     started = time.perf_counter()
     try:
@@ -164,7 +196,7 @@ def served(env: dict[str, str], log_dir: Path, label: str, processes: int = 1) -
             with log.open("wb") as out:
                 procs.append(
                     subprocess.Popen(
-                        [sys.executable, "-m", "services.classify", "--port", str(port)],
+                        argv,
                         cwd=ROOT,
                         env={**os.environ, **env},
                         stdout=out,
@@ -177,9 +209,9 @@ def served(env: dict[str, str], log_dir: Path, label: str, processes: int = 1) -
         # spreads connections, so all of them have then answered ready)
         while ready < (1 if processes == 1 else 20 * processes):
             if any(p.poll() is not None for p in procs):
-                raise SystemExit(f"{label}: a service process exited; see {log_dir}")
+                raise SystemExit(f"{label}: a server process exited; see {log_dir}")
             try:
-                ok = httpx.get(f"{url}/readyz", timeout=1, headers={"connection": "close"})
+                ok = httpx.get(f"{url}{ready_path}", timeout=1, headers={"connection": "close"})
                 ready = ready + 1 if ok.status_code == 200 else 0
             except httpx.HTTPError:
                 ready = 0
@@ -190,14 +222,27 @@ def served(env: dict[str, str], log_dir: Path, label: str, processes: int = 1) -
             if p.poll() is None:
                 os.killpg(p.pid, 15)
         for p in procs:
-            p.wait(timeout=15)
+            try:
+                p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, 9)
+                p.wait(timeout=5)
+
+
+@dataclass(frozen=True)
+class Target:
+    """What wrk sends: path, content type and body file."""
+
+    path: str
+    content_type: str
+    body: Path
 
 
 def wrk(
-    url: str, body: Path, concurrency: int, seconds: float, log_dir: Path, lua: str = ""
+    url: str, target: Target, concurrency: int, seconds: float, log_dir: Path, lua: str = ""
 ) -> WrkResult:
-    """wrk (1 thread) POSTing `body` as image/png to /v1/classify; `lua` is appended to the
-    request script (a `delay()` function paces it)."""
+    """wrk (1 thread) POSTing the target's body to its path; `lua` is appended to the request
+    script (a `delay()` function paces it)."""
     script = log_dir / "post.lua"
     script.write_text(LUA + lua)
     result = subprocess.run(
@@ -209,14 +254,24 @@ def wrk(
             "--latency",
             "-s",
             str(script),
-            f"{url}/v1/classify",
+            f"{url}{target.path}",
         ],
         capture_output=True,
         text=True,
-        env={**os.environ, "BENCH_BODY": str(body)},
+        env={**os.environ, "BENCH_BODY": str(target.body), "BENCH_TYPE": target.content_type},
         check=True,
     )
     return parse_wrk(result.stdout)
+
+
+def measured_wrk(
+    service: Served, target: Target, concurrency: int, seconds: float, log_dir: Path
+) -> tuple[WrkResult, float]:
+    """wrk's result and the server's CPU microseconds per completed request over the run."""
+    before = group_cpu_s(service.pgids)
+    got = wrk(service.url, target, concurrency, seconds, log_dir)
+    used = group_cpu_s(service.pgids) - before
+    return got, used / max(1, got.requests) * 1e6
 
 
 LUA_V2 = """
@@ -324,33 +379,62 @@ def digit_png(directory: Path) -> Path:
     return body
 
 
-def warm_up(url: str, body: Path, requests: int = 50) -> None:
-    for _ in range(requests):
-        httpx.post(
-            f"{url}/v1/classify", content=body.read_bytes(), headers={"content-type": "image/png"}
-        )
+def warm_up(url: str, target: Target, requests: int = 50) -> None:
+    body = target.body.read_bytes()
+    with httpx.Client(headers={"content-type": target.content_type}) as client:
+        for _ in range(requests):
+            client.post(f"{url}{target.path}", content=body).raise_for_status()
+
+
+@dataclass(frozen=True)
+class Server:
+    """One server configuration measured: its label, environment, processes the bench starts
+    itself (REUSE_PORT), and for a peer its command line, readiness path and request."""
+
+    label: str
+    env: dict[str, str]
+    processes: int = 1
+    command: list[str] | None = None
+    ready_path: str = "/readyz"
+    target: Target | None = None
 
 
 def bench_service(
-    label: str,
-    env: dict[str, str],
-    body: Path,
+    server: Server,
+    variant: str,
+    target: Target,
     levels: list[int],
     seconds: float,
     log_dir: Path,
-    processes: int = 1,
+    model_cpu_us: dict[int, float],
 ) -> tuple[list[Row], dict[str, float]]:
-    """Start the service, measure cold start and RSS, drive it with wrk at each concurrency."""
-    with served(env, log_dir, label, processes) as service:
+    """Start the server, measure cold start and RSS, drive it with wrk at each concurrency;
+    `model_cpu_us` (batch -> the model's CPU per item) gives each row's CPU outside the model."""
+    target = server.target or target
+    with served(
+        server.env, log_dir, server.label, server.processes, server.command, server.ready_path
+    ) as service:
         facts = {"cold_start_s": service.cold_start_s}
-        warm_up(service.url, body)
-        pid = service.procs[0].pid
-        facts["rss_warm_mb"] = rss_mb(pid)
+        warm_up(service.url, target)
+        facts["rss_warm_mb"] = sum(rss_mb(pid) for pid in group_pids(service.pgids))
         rows = []
         for concurrency in levels:
-            got = wrk(service.url, body, concurrency, seconds, log_dir)
-            rows.append(Row(label, concurrency, got.rps, got.p50_ms, got.p99_ms, got.errors))
-        facts["rss_loaded_mb"] = rss_mb(pid)
+            got, cpu_us = measured_wrk(service, target, concurrency, seconds, log_dir)
+            model_us = model_cpu_us[1 if concurrency == 1 else 32]
+            rows.append(
+                Row(
+                    server.label,
+                    concurrency,
+                    got.rps,
+                    got.p50_ms,
+                    got.p99_ms,
+                    got.errors,
+                    cpu_us,
+                    cpu_us - model_us,
+                    variant,
+                )
+            )
+        facts["rss_loaded_mb"] = sum(rss_mb(pid) for pid in group_pids(service.pgids))
         return rows, facts
 
 
@@ -363,7 +447,7 @@ def model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache-dir", type=Path, default=Path(".modelplane/cache"))
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="make bench-serve", description=__doc__.split("\n")[0])
     model_arguments(parser)
     parser.add_argument(
@@ -372,15 +456,95 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", default="1,8,32")
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument(
-        "--scale-out",
-        action="store_true",
-        help="instead: 1 process with every core vs 2 processes with half each, on one port",
+        "--layouts",
+        default="",
+        help="more layouts to measure beside the old and the new default, comma list of "
+        "PxT[xB]: P processes on one port x T intra-op threads (x B batches in flight)",
     )
-    args = parser.parse_args(argv)
+    parser.add_argument(
+        "--scale-out", action="store_true", help="also 1 process x every core, 2 x half each"
+    )
+    parser.add_argument("--no-peers", action="store_true", help="skip LitServe and mlflow")
+    parser.add_argument("--no-protocols", action="store_true", help="skip REST v2 and gRPC")
+    parser.add_argument(
+        "--overhead-only",
+        action="store_true",
+        help="only the server CPU per request on the tiny model (no bundle needed)",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed: apt-get install wrk (make bench-serve does it)")
-    from shared.registry import RegistryClient
     from shared.settings import available_cores
+
+    levels = [int(c) for c in args.concurrency.split(",")]
+    threads = available_cores()
+    layouts = [layout for layout in args.layouts.split(",") if layout]
+    if args.scale_out:
+        layouts += [f"1x{threads}", f"2x{max(1, threads // 2)}"]
+    rows: list[Row] = []
+    facts: dict[str, dict[str, float]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        body = digit_png(work)
+        rows += bench_overhead(work, body, threads, layouts, args.seconds, facts)
+        if not args.overhead_only:
+            rows += bench_bundle(args, work, body, threads, levels, layouts, facts)
+    print_table(rows, facts)
+    print_ratios(rows)
+    return 0
+
+
+def bench_overhead(
+    work: Path,
+    body: Path,
+    threads: int,
+    layouts: list[str],
+    seconds: float,
+    facts: dict[str, dict[str, float]],
+) -> list[Row]:
+    """Server CPU per request on the tiny model (served from a seeded cache, registry down),
+    old default beside new default, at concurrency 1 and 32."""
+    cache = work / "tiny-cache"
+    bundle_dir = write_tiny_bundle(cache)
+    model_us = {b: model_cpu_per_item_s(bundle_dir, "fp32", threads, b) * 1e6 for b in (1, 32)}
+    print(
+        f"tiny model: {model_us[1]:.1f} us (batch 1) / {model_us[32]:.2f} us (batch 32) of CPU "
+        "per item, raw",
+        flush=True,
+    )
+    base = {
+        "MLFLOW_TRACKING_URI": "http://127.0.0.1:9",  # nothing listens: the cache serves
+        "MODEL_URI": "models:/classify@production",
+        "MODEL_CACHE_DIR": str(cache),
+        "LOG_LEVEL": "WARNING",
+    }
+    target = Target("/v1/classify", "image/png", body)
+    rows = []
+    for server in service_configurations("tiny", base, threads, layouts):
+        print(f"  measuring {server.label} ...", flush=True)
+        measured, facts[server.label] = bench_service(
+            server, "tiny", target, [1, 32], seconds, work, model_us
+        )
+        rows += measured
+    return rows
+
+
+def bench_bundle(
+    args: argparse.Namespace,
+    work: Path,
+    body: Path,
+    threads: int,
+    levels: list[int],
+    layouts: list[str],
+    facts: dict[str, dict[str, float]],
+) -> list[Row]:
+    """Each variant: raw ORT (before, between, after), the old and the new default layout,
+    any more layouts, the peers, and (fp32) REST v2 beside gRPC."""
+    from shared.registry import RegistryClient
 
     registry = RegistryClient.from_environment(args.tracking_uri)
     fetched = registry.fetch(args.model_uri, args.cache_dir)
@@ -388,79 +552,142 @@ def main(argv: list[str] | None = None) -> int:
     variants = [v for v in args.variants.split(",") if v] or sorted(
         {"fp32", bundle.default_variant}
     )
-    levels = [int(c) for c in args.concurrency.split(",")]
-    threads = available_cores()
     print(
         f"{args.model_uri} -> version {fetched.version}; variants {variants}; {threads} cores; "
         f"wrk 1 thread, {args.seconds:.0f}s per level",
         flush=True,
     )
+    target = Target("/v1/classify", "image/png", body)
     rows: list[Row] = []
-    facts: dict[str, dict[str, float]] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        body = digit_png(Path(tmp))
-        raw_seconds = min(args.seconds, 5) / 2  # three runs per variant: before, between, after
-        for variant in variants:
-            raw_runs = [raw_ort(bundle.path, variant, threads, raw_seconds)]
-            served_rows = []
-            base = {
-                "MLFLOW_TRACKING_URI": args.tracking_uri,
-                "MODEL_URI": args.model_uri,
-                "MODEL_VARIANT": variant,
-                "MODEL_CACHE_DIR": str(args.cache_dir),
-                "LOG_LEVEL": "WARNING",
-            }
-            for suffix, extra, processes in configurations(args.scale_out, threads):
-                label = f"service {variant} {suffix}"
-                print(f"  measuring {label} ...", flush=True)
-                env = {**base, **extra}
-                measured, facts[label] = bench_service(
-                    label, env, body, levels, args.seconds, Path(tmp), processes
-                )
-                served_rows += measured
-                raw_runs.append(raw_ort(bundle.path, variant, threads, raw_seconds))
-            rows += median_rows(raw_runs) + served_rows
-            if variant == "fp32" and not args.scale_out:
-                print("  measuring REST v2 and gRPC ...", flush=True)
-                sample = bundle.load_array(bundle.manifest["sample_inputs"])
-                one = np.ascontiguousarray(sample[:1], dtype=np.float32)
-                batched = {**base, "MAX_BATCH_SIZE": "32"}
-                rows += bench_protocols(batched, one, args.seconds, Path(tmp))
-    print_table(rows, facts)
-    return 0
+    raw_seconds = min(args.seconds, 5) / 2
+    for variant in variants:
+        model_us = {
+            b: model_cpu_per_item_s(bundle.path, variant, threads, b) * 1e6 for b in (1, 32)
+        }
+        raw_runs = [raw_ort(bundle.path, variant, threads, raw_seconds)]
+        served_rows: list[Row] = []
+        base = {
+            "MLFLOW_TRACKING_URI": args.tracking_uri,
+            "MODEL_URI": args.model_uri,
+            "MODEL_VARIANT": variant,
+            "MODEL_CACHE_DIR": str(args.cache_dir),
+            "LOG_LEVEL": "WARNING",
+        }
+        servers = service_configurations(variant, base, threads, layouts)
+        if not args.no_peers:
+            servers += peer_configurations(bundle.path, variant, threads, work)
+        for server in servers:
+            print(f"  measuring {server.label} ...", flush=True)
+            measured, facts[server.label] = bench_service(
+                server, variant, target, levels, args.seconds, work, model_us
+            )
+            served_rows += measured
+            raw_runs.append(raw_ort(bundle.path, variant, threads, raw_seconds))
+        rows += median_rows(raw_runs) + served_rows
+        if variant == "fp32" and not args.no_protocols:
+            print("  measuring REST v2 and gRPC ...", flush=True)
+            sample = bundle.load_array(bundle.manifest["sample_inputs"])
+            one = np.ascontiguousarray(sample[:1], dtype=np.float32)
+            rows += bench_protocols(base, one, args.seconds, work)
+    return rows
 
 
-def configurations(scale_out: bool, cores: int) -> list[tuple[str, dict[str, str], int]]:
-    """(label suffix, environment, processes) of each service configuration measured."""
-    if scale_out:
-        half = str(max(1, cores // 2))
-        return [
-            (f"1 proc x {cores} thr", {"ONNX_INTRA_OP_THREADS": str(cores)}, 1),
-            (f"2 procs x {half} thr", {"ONNX_INTRA_OP_THREADS": half}, 2),
-        ]
+def service_configurations(
+    variant: str, base: dict[str, str], cores: int, layouts: list[str]
+) -> list[Server]:
+    """The old default (one process, every core as intra-op threads, one batch in flight,
+    pinned by its settings), the new default (no layout setting at all), and `layouts`."""
+    old = {
+        "ONNX_INTRA_OP_THREADS": str(cores),
+        "INFERENCE_WORKERS": "1",
+    }
+    servers = [
+        Server(f"service {variant} old default", {**base, **old}),
+        Server(f"service {variant} new default", base),
+    ]
+    for layout in layouts:
+        processes, threads, *batches = (int(n) for n in layout.split("x"))
+        env = {
+            **base,
+            "ONNX_INTRA_OP_THREADS": str(threads),
+            "INFERENCE_WORKERS": str(batches[0] if batches else 1),
+        }
+        servers.append(Server(f"service {variant} {layout}", env, processes))
+    return servers
+
+
+def peer_configurations(bundle_dir: Path, variant: str, threads: int, work: Path) -> list[Server]:
+    """LitServe and `mlflow models serve` over the same ONNX file (loadtests/peers.py)."""
+    image = base64.b64encode(work.joinpath("digit.png").read_bytes()).decode()
+    litserve_body = work / "litserve.json"
+    litserve_body.write_text(json.dumps({"image": image}))
+    mlflow_body = work / "mlflow.json"
+    mlflow_body.write_text(json.dumps({"inputs": [image]}))
+    model_dir = work / f"mlflow-{variant}"
+    if not model_dir.exists():
+        peer = [sys.executable, "-m", "loadtests.peers"]
+        subprocess.run(
+            [*peer, "mlflow-save", str(bundle_dir), variant, str(threads), str(model_dir)],
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+        )
+    venv_bin = str(Path(sys.executable).parent)
+    peer_env = {
+        "PYTHONPATH": str(ROOT),
+        "PATH": f"{venv_bin}:{os.environ.get('PATH', '')}",
+        "OMP_NUM_THREADS": "1",
+    }
+    litserve = [sys.executable, "-m", "loadtests.peers", "litserve", str(bundle_dir), variant]
+    mlflow = [str(Path(venv_bin) / "mlflow"), "models", "serve", "-m", str(model_dir)]
     return [
-        ("batching on", {"MAX_BATCH_SIZE": "32"}, 1),
-        ("batching off", {"MAX_BATCH_SIZE": "1"}, 1),
+        Server(
+            f"LitServe {variant}",
+            peer_env,
+            command=[*litserve, "{port}", str(threads)],
+            ready_path="/health",
+            target=Target("/predict", "application/json", litserve_body),
+        ),
+        Server(
+            f"mlflow serve {variant}",
+            peer_env,
+            command=[
+                *mlflow,
+                "--env-manager",
+                "local",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                "{port}",
+                "-w",
+                "1",
+            ],
+            ready_path="/ping",
+            target=Target("/invocations", "application/json", mlflow_body),
+        ),
     ]
 
 
 def print_table(rows: list[Row], facts: dict[str, dict[str, float]]) -> None:
     ceiling = {
-        r.label.split(" batch")[0].replace("raw ORT ", ""): r.rps
-        for r in rows
-        if r.label.startswith("raw ORT") and r.label.endswith("batch 32")
+        r.variant: r.rps for r in rows if r.label.startswith("raw ORT") and r.label.endswith("32")
     }
     print(
         f"\n| {'what':<34} | conc | {'req/s':>8} | {'p50 ms':>7} | {'p99 ms':>7} | errors "
-        f"| vs raw b32 |"
+        "| vs raw b32 | CPU us/req | outside model us |"
     )
-    print(f"|{'-' * 36}|------|{'-' * 10}|{'-' * 9}|{'-' * 9}|--------|------------|")
+    print(
+        f"|{'-' * 36}|------|{'-' * 10}|{'-' * 9}|{'-' * 9}|--------|------------|------------|"
+        "------------------|"
+    )
     for r in rows:
-        variant = r.label.split()[1] if r.label.startswith("service") else ""
-        ratio = f"{r.rps / ceiling[variant]:.0%}" if variant in ceiling else ""
+        is_raw = r.label.startswith("raw ORT")
+        ratio = f"{r.rps / ceiling[r.variant]:.0%}" if r.variant in ceiling and not is_raw else ""
+        cpu = f"{r.cpu_us:.0f}" if r.cpu_us is not None else ""
+        outside = f"{r.outside_us:.0f}" if r.outside_us is not None else ""
         print(
             f"| {r.label:<34} | {r.concurrency!s:>4} | {r.rps:>8.1f} | {r.p50_ms:>7.2f} | "
-            f"{r.p99_ms:>7.2f} | {r.errors:>6} | {ratio:>10} |"
+            f"{r.p99_ms:>7.2f} | {r.errors:>6} | {ratio:>10} | {cpu:>10} | {outside:>16} |"
         )
     print()
     for label, values in facts.items():
@@ -468,6 +695,28 @@ def print_table(rows: list[Row], facts: dict[str, dict[str, float]]) -> None:
             f"{label}: cold start {values['cold_start_s']:.2f}s (cached bundle -> ready), "
             f"RSS {values['rss_warm_mb']:.0f} MB warm, {values['rss_loaded_mb']:.0f} MB after load"
         )
+
+
+def print_ratios(rows: list[Row]) -> None:
+    """modelplane's new default against each peer (and the old default): req/s and p50."""
+    by_key = {(r.label, r.concurrency): r for r in rows}
+    for r in rows:
+        if not r.label.endswith("new default"):
+            continue
+        others = [
+            f"service {r.variant} old default",
+            f"LitServe {r.variant}",
+            f"mlflow serve {r.variant}",
+        ]
+        parts = []
+        for other in others:
+            peer = by_key.get((other, r.concurrency))
+            if peer is not None and peer.rps > 0:
+                name = other.replace(f" {r.variant}", "")
+                ratio = r.rps / peer.rps
+                parts.append(f"{ratio:.2f}x {name} (p50 {r.p50_ms:.2f} vs {peer.p50_ms:.2f} ms)")
+        if parts:
+            print(f"{r.variant} c={r.concurrency}: new default is " + "; ".join(parts))
 
 
 if __name__ == "__main__":

@@ -20,7 +20,9 @@ from prometheus_client import start_http_server
 
 from shared.admission import Admission
 from shared.errors import UnauthorizedError
+from shared.fastpath import BatchedFastPath
 from shared.health import add_health
+from shared.layout import with_layout
 from shared.metrics import Metrics
 from shared.middleware import ServingMiddleware
 from shared.problem import install_error_handlers
@@ -86,7 +88,7 @@ def create_app(
     declared endpoints. `load=False` leaves loading to the caller (tests drive it directly);
     `grpc` also serves the tensor models over gRPC there (shared/grpcserver.py)."""
     service = service() if isinstance(service, type) else service
-    settings = service_settings(service, settings)
+    settings = with_layout(service, service_settings(service, settings))
     name = service.name
     metrics = Metrics(name)
     runtime = ModelRuntime(service, settings, metrics)
@@ -152,6 +154,8 @@ def create_app(
         settings.max_in_flight, settings.rate_limit_rps, settings.rate_limit_burst
     )
     install_error_handlers(app)
+    # inside ServingMiddleware (added after it is outer): ids, admission, limits, metrics first
+    app.add_middleware(BatchedFastPath, fastapi_app=app, runtime=runtime)
     app.add_middleware(
         ServingMiddleware,
         metrics=metrics,

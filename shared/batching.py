@@ -73,6 +73,21 @@ class Batcher:
         self._collector: asyncio.Task[None] | None = None
         self._running: set[asyncio.Task[None]] = set()
         self._collecting = False  # the collector holds items taken off the queue
+        # labelled children looked up once (labels() validates and locks on every call)
+        self._queue_wait = metrics.queue_wait.labels(self.service)
+        self._batch_size = metrics.batch_size.labels(self.service)
+        self._queue_depth = metrics.queue_depth.labels(self.service)
+        self._stages: dict[tuple[str, str], Any] = {}
+
+    @property
+    def queued(self) -> int:
+        """Requests waiting for a batch (not counting the one being collected or run)."""
+        return self._queue.qsize()
+
+    @property
+    def busy(self) -> bool:
+        """A batch is being collected or run, or requests wait for one."""
+        return bool(self._running) or self._collecting or not self._queue.empty()
 
     def start(self) -> None:
         if self._collector is None:
@@ -117,7 +132,7 @@ class Batcher:
             raise OverloadedError(
                 f"the request queue is full ({self.config.max_queue} waiting); retry shortly"
             ) from None
-        self.metrics.queue_depth.labels(self.service).set(self._queue.qsize())
+        self._queue_depth.set(self._queue.qsize())
         return await future
 
     async def _collect_forever(self) -> None:
@@ -148,7 +163,7 @@ class Batcher:
                 batch.append(await asyncio.wait_for(self._queue.get(), remaining))
             except TimeoutError:
                 break
-        self.metrics.queue_depth.labels(self.service).set(self._queue.qsize())
+        self._queue_depth.set(self._queue.qsize())
         self._collecting = False  # the caller registers the batch as running before any await
         return batch
 
@@ -158,19 +173,18 @@ class Batcher:
             if not live:
                 return
             started = time.monotonic()
-            stages = self.metrics.stage_duration
             for pending in live:
                 waited = started - pending.enqueued
-                self.metrics.queue_wait.labels(self.service).observe(waited)
-                stages.labels(self.service, pending.route, "queue").observe(waited)
-            self.metrics.batch_size.labels(self.service).observe(len(live))
+                self._queue_wait.observe(waited)
+                self._stage(pending.route, "queue").observe(waited)
+            self._batch_size.observe(len(live))
             loop = asyncio.get_running_loop()
             results = await loop.run_in_executor(
                 self.executor, self._predict_isolating, [p.item for p in live]
             )
             ran = time.monotonic() - started
             for route in {pending.route for pending in live}:
-                stages.labels(self.service, route, "predict").observe(ran)
+                self._stage(route, "predict").observe(ran)
             for pending, result in zip(live, results, strict=True):
                 if pending.future.done():
                     continue
@@ -185,6 +199,14 @@ class Batcher:
                     pending.future.set_exception(InferenceError(f"batch failed: {exc}"))
         finally:
             self._slots.release()
+
+    def _stage(self, route: str, stage: str) -> Any:
+        child = self._stages.get((route, stage))
+        if child is None:
+            child = self._stages[(route, stage)] = self.metrics.stage_duration.labels(
+                self.service, route, stage
+            )
+        return child
 
     def _drop_expired_and_cancelled(self, batch: list[_Pending]) -> list[_Pending]:
         now = time.monotonic()

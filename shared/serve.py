@@ -8,6 +8,7 @@ import contextlib
 import logging
 import os
 import socket
+import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -17,6 +18,7 @@ import uvicorn
 
 from shared.listener import accept_queue_length, listening_socket, refuse_new_connections
 from shared.logs import configure_logging, write_synchronously
+from shared.supervisor import is_worker
 
 if TYPE_CHECKING:
     from shared.service import Service
@@ -51,8 +53,11 @@ def run(
     """Parse --host/--port, build the service's settings and app, serve with one uvicorn worker
     (and gRPC on GRPC_PORT, else `default_grpc_port` when on `default_port`, for a service
     with tensor models)."""
+    from pydantic import ValidationError
+
     from shared.app import create_app
     from shared.grpcserver import GrpcListen
+    from shared.settings import settings_problems
 
     parser = argparse.ArgumentParser(prog=f"python -m services.{service.name}")
     parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
@@ -65,8 +70,15 @@ def run(
         "connections across them; each joins once its models are ready (env REUSE_PORT)",
     )
     args = parser.parse_args(argv)
-    settings = service.settings_class()
+    try:
+        settings = service.settings_class()
+    except ValidationError as exc:  # a clear start-up error, never a traceback
+        parser.exit(2, f"{parser.prog}: invalid settings: {settings_problems(exc)}\n")
     configure_logging(settings.log_level, settings.log_json)
+    if settings.server_processes > 1 and not is_worker():
+        from shared.supervisor import supervise
+
+        return supervise(service, settings, sys.argv[1:] if argv is None else argv)
     # the catalog's gRPC port goes with the catalog's HTTP port: a process moved to another
     # port (tests, benchmarks, side-by-side runs) would collide on it, so it asks GRPC_PORT
     fallback = default_grpc_port if args.port == default_port else None
