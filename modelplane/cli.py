@@ -36,6 +36,7 @@ BENCHES = {
     "similarity": "scripts.bench_similarity",
     "text": "scripts.bench_text",
     "observe": "loadtests.bench_observe",
+    "rollout": "loadtests.bench_rollout",
 }
 #: the options after TASK/WHAT go to the job, `--help` included
 PASSTHROUGH = {"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []}
@@ -228,6 +229,19 @@ def export(ctx: click.Context, task: str | None, args: tuple[str, ...]) -> None:
     lists them (variants, pruning, quantization, the gates).
     """
     run_stage(ctx, "export", task, args)
+
+
+@main.command(context_settings=PASSTHROUGH)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def rollout(args: tuple[str, ...]) -> None:
+    """Promote a challenger or roll it back, from its canary and shadow metrics.
+
+    Watches the per-version metrics (Prometheus or the replicas' /metrics), compares the
+    challenger with production against thresholds, then moves @production or removes
+    @challenger and tags the version with why. `modelplane rollout --help` lists the options;
+    docs/rollouts.md explains the whole rollout.
+    """
+    run_module("modelplane.rollout", args)
 
 
 @main.command(context_settings=PASSTHROUGH)

@@ -51,6 +51,15 @@ class ModelCache:
         tmp.write_text(json.dumps(aliases, indent=2))
         tmp.replace(path)
 
+    def forget_alias(self, name: str, alias: str) -> None:
+        """The registry says `alias` names nothing now: a later outage must not revive it."""
+        path = self._aliases_path(name)
+        aliases = json.loads(path.read_text()) if path.is_file() else {}
+        if aliases.pop(alias, None) is not None:
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(aliases, indent=2))
+            tmp.replace(path)
+
     def alias_version(self, name: str, alias: str) -> str | None:
         path = self._aliases_path(name)
         if not path.is_file():

@@ -162,7 +162,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ModelInfer(self, request: Any, context: Any) -> Any:
         async def infer() -> Any:
-            model = tensor_model(self.runtime, request.model_name, request.model_version or None)
+            metadata = dict(context.invocation_metadata() or ())  # x-model-alias, rollout key
+            model = tensor_model(
+                self.runtime, request.model_name, request.model_version or None, metadata
+            )
             inputs, _ = model.model.tensor_specs()
             items = model.model.tensor_items(request_arrays(request, inputs))
             timeout = self.runtime.settings.request_timeout_s

@@ -13,6 +13,7 @@ from shared.errors import ModelNotReadyError
 from shared.requests import error_responses
 from shared.runtime import ModelRuntime
 from shared.settings import available_cores
+from shared.slots import ModelSlot
 
 
 def add_health(app: FastAPI, runtime: ModelRuntime, protected: list[Any]) -> None:
@@ -33,7 +34,13 @@ def add_health(app: FastAPI, runtime: ModelRuntime, protected: list[Any]) -> Non
             reason = runtime.not_ready_reason()
             raise ModelNotReadyError(reason if runtime.draining else f"not ready: {reason}")
         models = {slot.spec.key: slot.current.info() for slot in runtime.served_slots()}
-        return {"status": "ready", "model": runtime.require().info(), "models": models}
+        answer = {"status": "ready", "model": runtime.require().info(), "models": models}
+        challengers = {  # a rollout's second version: reported, never a reason to be unready
+            slot.spec.key: slot.challenger.info() if slot.challenger else None
+            for slot in runtime.served_slots()
+            if slot.challenger_source is not None
+        }
+        return {**answer, "challengers": challengers} if challengers else answer
 
     if runtime.settings.metrics_port is None:
 
@@ -94,7 +101,11 @@ def describe(runtime: ModelRuntime) -> dict[str, Any]:
     primary = runtime.require()
     settings = runtime.settings
     models = {
-        slot.spec.key: {**slot.current.details(), **slot.current.model.describe()}
+        slot.spec.key: {
+            **slot.current.details(),
+            **slot.current.model.describe(),
+            **({"challenger": challenger(slot)} if slot.challenger_source else {}),
+        }
         for slot in runtime.served_slots()
     }
     return {
@@ -116,6 +127,12 @@ def describe(runtime: ModelRuntime) -> dict[str, Any]:
             "inference_workers": settings.inference_workers,
             "preprocess_workers": runtime.preprocess_workers,
         },
+        "rollout": {
+            "challenger_alias": settings.challenger_alias,
+            "canary_percent": settings.canary_percent,
+            "shadow_percent": settings.shadow_percent,
+            "key_header": settings.rollout_key_header,
+        },
         "pools": {
             name: {"workers": pool.workers, "queue": pool.queue}
             for name, pool in runtime.pools.items()
@@ -123,3 +140,11 @@ def describe(runtime: ModelRuntime) -> dict[str, Any]:
         **primary.model.describe(),
         "models": models,
     }
+
+
+def challenger(slot: ModelSlot) -> dict[str, Any]:
+    """The challenger of a slot in GET /v1/model: its details, or why none is served."""
+    if slot.challenger is not None:
+        return {"served": True, **slot.challenger.details()}
+    assert slot.challenger_source is not None
+    return {"served": False, "uri": slot.challenger_source.uri, "reason": slot.challenger_error}

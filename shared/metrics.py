@@ -119,13 +119,15 @@ class Metrics:
         self.drift_statistic = Gauge(
             "modelplane_drift_statistic",
             "Last drift test of the window against the bundle's reference: largest KS distance "
-            "(test=features) or total variation of predicted classes (test=classes).",
+            "(test=features), total variation of predicted classes (test=classes) or MMD² of "
+            "the feature rows (test=mmd).",
             ["service", "model", "test"],
             registry=self.registry,
         )
         self.drift_p_value = Gauge(
             "modelplane_drift_p_value",
-            "p-value of the last drift test (Bonferroni-corrected over feature columns).",
+            "p-value of the last drift test (features: Bonferroni-corrected over the columns; "
+            "mmd: by permutation).",
             ["service", "model", "test"],
             registry=self.registry,
         )
@@ -152,6 +154,36 @@ class Metrics:
             "Observations or records dropped, never waited for, by reason (observer_behind, "
             "sink_behind, sink_error).",
             ["service", "reason"],
+            registry=self.registry,
+        )
+        # per version and role (production, challenger = canary answers, shadow = challenger
+        # runs whose answers are only compared): what a rollout gate reads (docs/rollouts.md)
+        self.model_requests = Counter(
+            "modelplane_model_requests_total",
+            "Requests a model version ran (batched: queue and predict; direct: the call), by "
+            "role and outcome (ok, error).",
+            ["service", "model", "version", "role", "outcome"],
+            registry=self.registry,
+        )
+        self.model_latency = Histogram(
+            "modelplane_model_latency_seconds",
+            "Time a model version took for a request (queue and predict, or the direct call).",
+            ["service", "model", "version", "role"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.shadow_agreement = Histogram(
+            "modelplane_shadow_agreement",
+            "Agreement of a shadowed challenger answer with production's, 0 to 1 (the service "
+            "declares what it compares: top-1, cosine, first tokens, pixels).",
+            ["service", "model", "version"],
+            buckets=(0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 1.0),
+            registry=self.registry,
+        )
+        self.shadows = Counter(
+            "modelplane_shadow_requests_total",
+            "Shadow runs on the challenger by outcome (compared, error, shed).",
+            ["service", "model", "outcome"],
             registry=self.registry,
         )
         self.ready.labels(service).set(0)

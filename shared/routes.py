@@ -18,7 +18,7 @@ from pydantic import BaseModel
 from shared.lanes import open_stream
 from shared.requests import error_responses, json_body, read_json
 from shared.runtime import ModelRuntime
-from shared.service import Call, Endpoint, Lane, Service, bound
+from shared.service import Call, Endpoint, Lane, Service, bound, shadowed
 from shared.slots import LoadedModel
 
 SSE_HEADERS = {"cache-control": "no-cache"}
@@ -88,14 +88,20 @@ async def serve(
     endpoint: Endpoint, runtime: ModelRuntime, request: Request, query: BaseModel | None
 ) -> Response:
     parsed = await read(endpoint, request, query)
-    loaded = runtime.require(endpoint.model)
+    if endpoint.rollout:  # production, or the challenger (canary, x-model-alias)
+        loaded = runtime.choose(endpoint.model, request.headers)
+    else:
+        loaded = runtime.require(endpoint.model)
     if endpoint.lane is Lane.BATCHED:  # the batcher keeps each item's deadline itself
         items = await runtime.preprocess(endpoint, loaded, parsed, batched=True)
         request_id = getattr(request.state, "request_id", None)
-        outputs = await runtime.submit(loaded, items, endpoint.path, request_id)
+        outputs = await runtime.submit(
+            loaded, items, endpoint.path, request_id, shadow=shadowed(endpoint)
+        )
         return _answer(endpoint, runtime, loaded, outputs, parsed)
     timeout = runtime.settings.request_timeout_s
-    call = Call(endpoint.path, loaded.info(), timeout, time.monotonic() + timeout)
+    request_id = getattr(request.state, "request_id", None)
+    call = Call(endpoint.path, loaded.info(), timeout, time.monotonic() + timeout, request_id)
     work = await runtime.preprocess(endpoint, loaded, parsed, batched=False)
     pool = runtime.pool(endpoint.pool)
     assert endpoint.call is not None  # Service.check refused the declaration otherwise
@@ -107,11 +113,17 @@ async def serve(
             first = {**opening, "model": loaded.info()}
 
         def finish(output: Any) -> dict[str, Any]:
+            runtime.called(endpoint, loaded, work, output, call)
             return _fields(endpoint, runtime, loaded, output, parsed)
 
         events = await open_stream(pool, lambda c: run(work, c), call, first, finish)
         return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
-    output = await pool.run(lambda: run(work, call), call)
+    try:
+        output = await pool.run(lambda: run(work, call), call)
+    except Exception:
+        runtime.record(loaded, loaded.role, 0.0, ok=False)
+        raise
+    runtime.called(endpoint, loaded, work, output, call)
     return _answer(endpoint, runtime, loaded, output, parsed)
 
 

@@ -15,14 +15,16 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from shared.batching import BatchConfig, Batcher
+from shared.canary import CHALLENGER, PRODUCTION, SHADOW, Router
 from shared.errors import ModelNotReadyError
 from shared.lanes import WorkPool
 from shared.metrics import Metrics
 from shared.observer import Observation, Observer
-from shared.service import Endpoint, ModelService, Service, bound
+from shared.registry import is_not_found
+from shared.service import Call, Endpoint, ModelService, Service, bound, shadowed
 from shared.settings import ServingSettings, available_cores
-from shared.slots import LoadedModel, ModelSlot
-from shared.sources import LOCAL_VERSION, LocalSource
+from shared.slots import UNCHECKED, LoadedModel, ModelSlot, challenger_source
+from shared.sources import LOCAL_VERSION, LocalSource, RegistrySource
 
 log = logging.getLogger("modelplane.service")
 
@@ -36,14 +38,12 @@ class ModelRuntime:
         self.settings = settings
         self.metrics = metrics
         self.service_name = metrics.service
-        self.slots = {
-            spec.key: ModelSlot(
-                spec,
-                service.make_source(spec, settings, primary=index == 0),
-                str(getattr(settings, spec.variant_setting) or ""),
-            )
-            for index, spec in enumerate(service.models)
-        }
+        self.slots = {}
+        for index, spec in enumerate(service.models):
+            source = service.make_source(spec, settings, primary=index == 0)
+            variant = str(getattr(settings, spec.variant_setting) or "")
+            rollout = challenger_source(source, settings)
+            self.slots[spec.key] = ModelSlot(spec, source, variant, rollout)
         self.primary = service.models[0].key
         self.executor = ThreadPoolExecutor(
             max_workers=settings.inference_workers, thread_name_prefix=f"{self.service_name}-infer"
@@ -64,6 +64,7 @@ class ModelRuntime:
         )
         self.arriving = 0  # batched requests between preprocess and the batcher's queue
         self.observer = Observer(settings, metrics)  # drift and the prediction log
+        self.router = Router(settings, metrics)  # canary and shadow (shared/canary.py)
         self._stop = threading.Event()
         #: one swap at a time: the alias watcher and explicit model control (shared/repository)
         self.swap_lock = threading.Lock()
@@ -106,19 +107,27 @@ class ModelRuntime:
             raise ModelNotReadyError(f"the model is not ready: {slot.last_error}")
         return slot.current
 
+    def choose(self, key: str = "", headers: Any = None) -> LoadedModel:
+        """The version that answers a request for model `key`: the alias the request names
+        (x-model-alias), the challenger for CANARY_PERCENT of requests, else production."""
+        self.require(key)
+        return self.router.choose(self.slots[key or self.primary], headers)
+
     def start_draining(self) -> None:
         """Withdraw readiness (load balancers stop sending) while still serving everything."""
         self.draining = True
         self.metrics.ready.labels(self.service_name).set(0)
 
     # ---- loading ---------------------------------------------------------------------------
-    def load_once(self, key: str = "") -> LoadedModel:
-        """Fetch, verify, load and warm up one model; raises on any failure."""
+    def load_once(self, key: str = "", role: str = PRODUCTION) -> LoadedModel:
+        """Fetch, verify, load and warm up one model (its production or challenger version);
+        raises on any failure."""
         slot = self.slots[key or self.primary]
-        if slot.source is None:
-            raise ModelNotReadyError(f"the {slot.spec.key} model is turned off")
+        source = slot.source_for(role)
+        if source is None:
+            raise ModelNotReadyError(f"the {slot.spec.key} model has no {role} source")
         started = time.perf_counter()
-        fetched = slot.source.fetch()
+        fetched = source.fetch()
         model = self.service.make_model(slot.spec)
         variant = self._variant(slot, model, fetched.bundle, fetched.version)
         model.load(fetched.bundle, variant, self.settings)
@@ -131,18 +140,55 @@ class ModelRuntime:
             version=fetched.version,
             variant=variant,
             run_id=fetched.run_id or fetched.bundle.manifest.get("source", {}).get("run_id"),
-            uri=slot.source.uri,
+            uri=source.uri,
             from_cache_only=fetched.from_cache_only,
             load_seconds=time.perf_counter() - started,
             batcher=Batcher(
                 model.predict,
                 self.batch_config,
-                self.executor,
+                self.executor if role == PRODUCTION else self._challenger_executor(),
                 self.metrics,
                 arriving=lambda: self.arriving,
             ),
             drift=drift,
+            role=role,
         )
+
+    def _load_challenger(self, slot: ModelSlot, what: str) -> bool:
+        """Load the challenger beside production (under the swap lock); False on failure,
+        which is reported while production keeps serving."""
+        try:
+            loaded = self.load_once(slot.spec.key, CHALLENGER)
+        except Exception as exc:  # noqa: BLE001 - reported; production keeps serving
+            slot.challenger_error = f"{type(exc).__name__}: {exc}"
+            self.metrics.model_load_failures.labels(self.service_name).inc()
+            log.error("challenger %s of %s failed to load: %s", what, slot.spec.key, exc)
+            return False
+        assert slot.current is not None
+        slot.challenger, slot.challenger_error = loaded, None
+        log.info(
+            "challenger %s version %s ready beside production version %s (canary %g%%, "
+            "shadow %g%%)",
+            slot.spec.key,
+            loaded.version,
+            slot.current.version,
+            self.settings.canary_percent,
+            self.settings.shadow_percent,
+        )
+        return True
+
+    def _challenger_executor(self) -> ThreadPoolExecutor:
+        """A challenger's own inference threads: its batches (canary and shadow) never wait
+        for production's batch slot, nor production's for its (released with it)."""
+        return ThreadPoolExecutor(
+            max_workers=self.settings.inference_workers,
+            thread_name_prefix=f"{self.service_name}-challenger",
+        )
+
+    def _release(self, loaded: LoadedModel) -> None:
+        """Shut down a retired model's own executor (a challenger's; production's is shared)."""
+        if loaded.batcher.executor is not self.executor:
+            loaded.batcher.executor.shutdown(wait=False)
 
     @staticmethod
     def _variant(slot: ModelSlot, model: ModelService, bundle: Any, version: str) -> str:
@@ -163,6 +209,9 @@ class ModelRuntime:
 
     def activate(self, loaded: LoadedModel) -> None:
         slot = self.slots[loaded.key]
+        loaded.role = PRODUCTION  # a promoted challenger is handed over as it is
+        if slot.challenger is loaded:
+            slot.challenger = None
         slot.current = loaded
         slot.last_error = None
         self.observer.activate(loaded.key, loaded.drift)
@@ -192,6 +241,8 @@ class ModelRuntime:
                     self.metrics.model_load_failures.labels(self.service_name).inc()
                     log.error("model load failed (retrying in %.1fs): %s", delay, slot.last_error)
             if all(slot.current is not None for slot in self.enabled_slots()):
+                for slot in self.enabled_slots():
+                    self.follow_challenger(None, slot.spec.key)
                 return
             self._stop.wait(delay)
             delay = min(delay * 2, self.settings.load_retry_max_s)
@@ -205,6 +256,7 @@ class ModelRuntime:
         while not self._stop.wait(interval):
             for slot in self.enabled_slots():
                 self.reload_if_moved(loop, slot.spec.key)
+                self.follow_challenger(loop, slot.spec.key)
 
     def reload_if_moved(self, loop: asyncio.AbstractEventLoop, key: str = "") -> bool:
         """Zero-downtime swap: when the source names another version, load, verify and warm it
@@ -226,7 +278,11 @@ class ModelRuntime:
                 "%s moved to version %s (serving %s)", slot.source.uri, version, current.version
             )
             try:
-                loaded = self.load_once(slot.spec.key)
+                challenger = slot.challenger
+                if challenger is not None and challenger.version == version:
+                    loaded = challenger  # promoted: the loaded, verified challenger takes over
+                else:
+                    loaded = self.load_once(slot.spec.key)
             except Exception as exc:  # noqa: BLE001 - reported; the old model keeps serving
                 self.metrics.model_load_failures.labels(self.service_name).inc()
                 log.error("new version failed to load; still serving %s: %s", current.version, exc)
@@ -236,16 +292,66 @@ class ModelRuntime:
             current.batcher.drain(self.settings.request_timeout_s), loop
         )
         drained.result()
+        self._release(current)
         log.info("switched from version %s to %s", current.version, loaded.version)
+        return True
+
+    def follow_challenger(self, loop: asyncio.AbstractEventLoop | None, key: str = "") -> bool:
+        """Load the version behind CHALLENGER_ALIAS beside production when the alias names one
+        (verified and smoke-tested like production), follow it when it moves, and let it go
+        when the alias is removed or names production's version. Returns True on a change."""
+        slot = self.slots[key or self.primary]
+        source = slot.challenger_source
+        if source is None or slot.current is None:
+            return False
+        with self.swap_lock:
+            try:
+                version = source.current_version()
+            except Exception as exc:  # noqa: BLE001 - absent alias, or registry down
+                if not is_not_found(exc):
+                    log.warning("cannot check %s: %s", source.uri, exc)
+                    cached = isinstance(source, RegistrySource) and source.cached_version()
+                    if slot.challenger is not None or slot.challenger_error != UNCHECKED:
+                        return False
+                    if not cached or cached == slot.current.version:
+                        slot.challenger_error = f"the registry is unreachable: {exc}"
+                        return False
+                    # first look with the registry down: the cache's last known challenger
+                    return self._load_challenger(slot, "the cached alias")
+                version = None
+                if isinstance(source, RegistrySource):
+                    source.forget_cached_alias()  # an outage later must not revive it
+            old = slot.challenger
+            if version is None or version == slot.current.version:
+                slot.challenger_error = (
+                    f"alias names production's version {version}"
+                    if version
+                    else f"{source.uri} names no version"
+                )
+                if old is None:
+                    return False
+                slot.challenger = None
+                log.info("challenger %s version %s retired", slot.spec.key, old.version)
+            elif old is not None and old.version == version:
+                return False  # unchanged
+            elif not self._load_challenger(slot, f"version {version}"):
+                return False
+        if old is not None and old is not slot.current and loop is not None:
+            drain = old.batcher.drain(self.settings.request_timeout_s)
+            asyncio.run_coroutine_threadsafe(drain, loop).result()
+            self._release(old)
         return True
 
     async def aclose(self) -> None:
         """Stop loading, answer what is queued, and release the worker threads."""
         self._stop.set()
         self.metrics.ready.labels(self.service_name).set(0)
+        await self.router.aclose()
         for slot in self.slots.values():
-            if slot.current is not None:
-                await slot.current.batcher.stop()
+            for loaded in (slot.current, slot.challenger):
+                if loaded is not None:
+                    await loaded.batcher.stop()
+                    self._release(loaded)
         for pool in self.pools.values():
             pool.shutdown()
         self.executor.shutdown(wait=False, cancel_futures=True)
@@ -279,18 +385,24 @@ class ModelRuntime:
         route: str,
         request_id: str | None = None,
         timeout_s: float | None = None,
+        shadow: bool = True,
     ) -> list[Any]:
         """Items through the model's batcher, in order (a lone item without gather), within
-        `timeout_s` (default REQUEST_TIMEOUT_S); the answered request goes to the observer
-        (drift, prediction log) without waiting."""
+        `timeout_s` (default REQUEST_TIMEOUT_S), counted per version and role; the answered
+        request goes to the observer (drift, prediction log) and, drawn for SHADOW_PERCENT,
+        to the challenger (shadow), without waiting for either."""
         timeout = timeout_s or self.settings.request_timeout_s
         started = time.perf_counter()
-        if len(items) == 1:
-            outputs = [await loaded.batcher.submit(items[0], timeout, route)]
-        else:
-            outputs = list(
-                await asyncio.gather(*(loaded.batcher.submit(i, timeout, route) for i in items))
-            )
+        try:
+            outputs = await self._run_batched(loaded, items, route, timeout)
+        except Exception:
+            self.metrics.model_requests.labels(
+                self.service_name, loaded.key, loaded.version, loaded.role, "error"
+            ).inc()
+            raise
+        self.record(loaded, loaded.role, time.perf_counter() - started)
+        if shadow and (challenger := self.router.shadow_for(self.slots[loaded.key], loaded)):
+            self.router.start(self._shadow(loaded, challenger, items, outputs, route))
         if self.observer.wanted(loaded.drift):
             self.observer.observe(
                 Observation(
@@ -307,6 +419,95 @@ class ModelRuntime:
                 )
             )
         return outputs
+
+    @staticmethod
+    async def _run_batched(
+        loaded: LoadedModel, items: list[Any], route: str, timeout: float
+    ) -> list[Any]:
+        if len(items) == 1:
+            return [await loaded.batcher.submit(items[0], timeout, route)]
+        return list(
+            await asyncio.gather(*(loaded.batcher.submit(i, timeout, route) for i in items))
+        )
+
+    def record(self, loaded: LoadedModel, role: str, seconds: float, ok: bool = True) -> None:
+        """One request of `loaded` in the per-version metrics (role: production, challenger
+        or shadow)."""
+        labels = (self.service_name, loaded.key, loaded.version, role)
+        self.metrics.model_requests.labels(*labels, "ok" if ok else "error").inc()
+        if ok:
+            self.metrics.model_latency.labels(*labels).observe(seconds)
+
+    async def _shadow(
+        self,
+        production: LoadedModel,
+        challenger: LoadedModel,
+        items: list[Any],
+        expected: list[Any],
+        route: str,
+    ) -> None:
+        """The same items on the challenger; its answers are compared, never returned."""
+        started = time.perf_counter()
+        timeout = self.settings.request_timeout_s
+        try:
+            outputs = await self._run_batched(challenger, items, f"{route} (shadow)", timeout)
+        except Exception as exc:  # noqa: BLE001 - counted; the client has its answer already
+            self.record(challenger, SHADOW, 0.0, ok=False)
+            self.metrics.shadows.labels(self.service_name, production.key, "error").inc()
+            log.debug("shadow run on version %s failed: %s", challenger.version, exc)
+            return
+        self.record(challenger, SHADOW, time.perf_counter() - started)
+        self.compare(production, challenger, expected, outputs)
+
+    def called(
+        self, endpoint: Endpoint, loaded: LoadedModel, work: Any, output: Any, call: Call
+    ) -> None:
+        """A direct or streaming call answered: counted per version, and shadowed on the
+        challenger when the endpoint allows it, one is drawn, and the pool has an idle
+        worker (a shadow never waits in the queue ahead of a real request). The sampled share
+        goes to the prediction log."""
+        seconds = call.elapsed_ms() / 1000
+        self.record(loaded, loaded.role, seconds)
+        self.observer.observe_call(loaded, call.endpoint, call.request_id, work, output, seconds)
+        if not shadowed(endpoint):
+            return
+        challenger = self.router.shadow_for(self.slots[loaded.key], loaded)
+        if challenger is None:
+            return
+        pool = self.pool(endpoint.pool)
+        if pool.pending >= pool.workers:
+            self.metrics.shadows.labels(self.service_name, loaded.key, "shed").inc()
+            return
+        assert endpoint.call is not None
+        run = bound(challenger.model, endpoint.call)
+        timeout = self.settings.request_timeout_s
+        shadow_call = Call(
+            f"{endpoint.path} (shadow)", challenger.info(), timeout, time.monotonic() + timeout
+        )
+
+        async def shadow() -> None:
+            try:
+                theirs = await pool.run(lambda: run(work, shadow_call), shadow_call)
+            except Exception as exc:  # noqa: BLE001 - counted; the client has its answer
+                self.record(challenger, SHADOW, 0.0, ok=False)
+                self.metrics.shadows.labels(self.service_name, loaded.key, "error").inc()
+                log.debug("shadow call on version %s failed: %s", challenger.version, exc)
+                return
+            self.record(challenger, SHADOW, shadow_call.elapsed_ms() / 1000)
+            self.compare(loaded, challenger, [output], [theirs])
+
+        self.router.start(shadow())
+
+    def compare(
+        self, production: LoadedModel, challenger: LoadedModel, expected: list[Any], got: list[Any]
+    ) -> None:
+        """Record how far the challenger's outputs agree with production's (per item)."""
+        histogram = self.metrics.shadow_agreement.labels(
+            self.service_name, production.key, challenger.version
+        )
+        for mine, theirs in zip(expected, got, strict=True):
+            histogram.observe(production.model.agreement(mine, theirs))
+        self.metrics.shadows.labels(self.service_name, production.key, "compared").inc()
 
     def stage(self, route: str, stage: str, seconds: float) -> None:
         self.metrics.stage_duration.labels(self.service_name, route, stage).observe(seconds)

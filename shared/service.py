@@ -23,7 +23,7 @@ from pydantic import BaseModel
 
 from shared.bundle import Bundle, TensorSpec
 from shared.errors import DeadlineExceededError, ServingError
-from shared.predlog import summarize_output
+from shared.predlog import summarize_input, summarize_output
 from shared.settings import ServingSettings
 from shared.sources import ModelSource
 
@@ -50,6 +50,18 @@ class ModelService(ABC):
         """A compact summary of one predict output for the prediction log (never raw data)."""
         return summarize_output(output)
 
+    def summarize_call(self, work: Any, output: Any) -> dict[str, Any]:
+        """The prediction log's item for a direct or streaming call: `input` (what preprocess
+        made of the request) and `output` (the call's result), each compact, never raw data."""
+        return {"input": summarize_input(work), "output": summarize_output(output)}
+
+    def agreement(self, mine: Any, theirs: Any) -> float:
+        """How far another version's output for the same item agrees with this one's, from 0
+        to 1 (shadow traffic, shared/canary.py). The default: the cosine of two tensors
+        (negative counts as 0), else 1 for equal outputs and 0 otherwise; services declare
+        what fits their task (top-1, first tokens, pixels)."""
+        return tensor_agreement(mine, theirs)
+
     def predict(self, items: list[Any]) -> list[Any]:
         """Batched lane: run a batch; return one output per item, in order."""
         raise NotImplementedError(f"{type(self).__name__} has no batched predict")
@@ -67,6 +79,24 @@ class ModelService(ABC):
     def tensor_outputs(self, outputs: list[Any]) -> dict[str, np.ndarray]:
         """Stack predict outputs back into named output tensors (tensor models only)."""
         raise NotImplementedError(f"{type(self).__name__} is not a tensor model")
+
+
+def tensor_agreement(mine: Any, theirs: Any) -> float:
+    """Cosine of two same-shaped tensors clipped to [0, 1]; equality for anything else."""
+    if isinstance(mine, np.ndarray) and isinstance(theirs, np.ndarray):
+        if mine.shape != theirs.shape:
+            return 0.0
+        a, b = mine.astype(np.float64).ravel(), theirs.astype(np.float64).ravel()
+        norms = float(np.linalg.norm(a) * np.linalg.norm(b))
+        if norms == 0.0:
+            return 1.0 if not a.any() and not b.any() else 0.0
+        return max(0.0, min(1.0, float(a @ b) / norms))
+    return 1.0 if mine == theirs else 0.0
+
+
+def top1_agreement(mine: Any, theirs: Any) -> float:
+    """1 when two score vectors rank the same class first, else 0 (classifiers)."""
+    return 1.0 if int(np.argmax(mine)) == int(np.argmax(theirs)) else 0.0
 
 
 @dataclass(frozen=True)
@@ -138,9 +168,21 @@ class Endpoint:
     response: type[BaseModel] | None = None
     media_type: str = "application/json"  # of the answer; anything else: bytes as they are
     first_event: Callable[..., dict[str, Any]] | None = None  # streaming: sent when it opens
+    #: canary routing applies (False: production always answers, e.g. a gallery built with
+    #: production's embeddings); shadowing: batched endpoints are shadowed, direct ones when
+    #: `shadow` (the challenger's call runs on an idle worker of the same pool)
+    rollout: bool = True
+    shadow: bool | None = None
     errors: tuple[int, ...] = (400, 401, 413, 415, 422, 503, 504)
     more_errors: dict[int, str] = field(default_factory=dict)
     description: str | None = None
+
+
+def shadowed(endpoint: Endpoint) -> bool:
+    """Whether requests of `endpoint` may be shadowed on the challenger."""
+    if not endpoint.rollout:
+        return False
+    return endpoint.lane is Lane.BATCHED if endpoint.shadow is None else endpoint.shadow
 
 
 def bound(model: ModelService, hook: Callable[..., Any]) -> Callable[..., Any]:
@@ -163,6 +205,7 @@ class Call:
     model: dict[str, str]
     timeout_s: float
     deadline: float  # time.monotonic()
+    request_id: str | None = None  # x-request-id (the prediction log's key)
     started: float = field(default_factory=time.perf_counter)
     cancelled: threading.Event = field(default_factory=threading.Event)
     sink: Callable[[str, dict[str, Any]], None] | None = None
@@ -198,6 +241,9 @@ class Service:
     models: ClassVar[tuple[ModelSpec, ...]]
     endpoints: ClassVar[tuple[Endpoint, ...]]
     pools: ClassVar[tuple[Pool, ...]] = ()
+    #: state of its own in each process that requests change (a gallery): SERVER_PROCESSES
+    #: must stay 1 (shared/supervisor.py)
+    single_process: ClassVar[bool] = False
 
     def make_model(self, spec: ModelSpec) -> ModelService:
         return spec.model()

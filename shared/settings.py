@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
+from typing import Any
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from shared.layout import cpu_budget
 from shared.registry import RegistryClient
 
 
 def available_cores() -> int:
-    """Cores this process may run on (cgroup/affinity aware, unlike os.cpu_count)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - non-Linux
-        return max(1, os.cpu_count() or 1)
+    """Cores this process may use: its affinity capped by its cgroup CPU quota (rounded up),
+    unlike os.cpu_count (shared/layout.py)."""
+    return cpu_budget()
 
 
 class ServingSettings(BaseSettings):
@@ -43,13 +42,22 @@ class ServingSettings(BaseSettings):
         0,
         ge=0,
         le=256,
-        description="onnxruntime intra-op threads; 0 = the cores available to the process.",
+        description="onnxruntime intra-op threads; 0 = the cores available (cgroup quota "
+        "included), split between INFERENCE_WORKERS for batched ONNX services (shared/layout.py).",
     )
     inference_workers: int = Field(
         1,
         ge=1,
         le=64,
         description="Batches that may run predict() at once (executor threads).",
+    )
+    server_processes: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Processes serving the port together (SO_REUSEPORT), each with its own "
+        "models and CPU budget / N intra-op threads; >1 needs METRICS_PORT (process i serves "
+        "its metrics on METRICS_PORT + i). See shared/supervisor.py.",
     )
     preprocess_workers: int = Field(
         0, ge=0, le=64, description="Threads decoding and preprocessing requests; 0 = cores."
@@ -192,6 +200,54 @@ class ServingSettings(BaseSettings):
         0.001, gt=0, lt=1, description="A test below this p-value flags drift."
     )
 
+    challenger_alias: str = Field(
+        "challenger",
+        pattern=r"^[A-Za-z0-9_\-]*$",
+        description="Registry alias of a second version served beside production for a rollout "
+        "(canary, shadow; see docs/rollouts.md): loaded, verified and followed like production "
+        "when it exists; empty: no second version.",
+    )
+    canary_percent: float = Field(
+        0.0,
+        ge=0,
+        le=100,
+        description="Share of requests (%) the challenger answers; sticky per ROLLOUT_KEY_HEADER.",
+    )
+    shadow_percent: float = Field(
+        0.0,
+        ge=0,
+        le=100,
+        description="Share of production's requests (%) also run on the challenger off the "
+        "request path; its answer is compared with production's, never returned.",
+    )
+    shadow_max_in_flight: int = Field(
+        2,
+        ge=1,
+        le=1024,
+        description="Shadow runs at once; beyond, or while production's queue is not empty, a "
+        "shadow is shed (counted), so shadowing never queues ahead of real requests.",
+    )
+    rollout_key_header: str = Field(
+        "x-rollout-key",
+        pattern=r"^[A-Za-z0-9\-]+$",
+        description="Request header whose value keeps a client on one version (sticky canary).",
+    )
+
+    @model_validator(mode="after")
+    def _rollout_is_coherent(self) -> ServingSettings:
+        production = self.model_uri.rsplit("@", 1)[1] if "@" in self.model_uri else "production"
+        if self.challenger_alias and self.challenger_alias == production:
+            raise ValueError(
+                f"CHALLENGER_ALIAS={self.challenger_alias!r} is the production alias of MODEL_URI; "
+                "name another alias (default: challenger)"
+            )
+        if not self.challenger_alias and (self.canary_percent or self.shadow_percent):
+            raise ValueError(
+                "CANARY_PERCENT and SHADOW_PERCENT need CHALLENGER_ALIAS (the version to send to)"
+            )
+        self.rollout_key_header = self.rollout_key_header.lower()
+        return self
+
     def api_tokens(self) -> tuple[bytes, ...]:
         """Every accepted bearer token; none means auth is off."""
         tokens = [self.api_token.get_secret_value()] if self.api_token else []
@@ -215,3 +271,13 @@ class ServingSettings(BaseSettings):
 
     def intra_op_threads(self) -> int:
         return self.onnx_intra_op_threads or available_cores()
+
+
+def settings_problems(error: Any) -> str:
+    """A pydantic ValidationError of settings as one line naming each environment variable."""
+    parts = []
+    for problem in error.errors():
+        where = "_".join(str(part) for part in problem.get("loc", ())).upper()
+        message = str(problem.get("msg", "invalid")).removeprefix("Value error, ")
+        parts.append(f"{where}: {message}" if where else message)
+    return "; ".join(parts)

@@ -9,7 +9,7 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 
 from shared.bundle import Bundle, read_manifest
-from shared.cache import FetchedModel
+from shared.cache import FetchedModel, ModelCache
 from shared.errors import BundleError
 from shared.registry import ModelURI, RegistryClient
 
@@ -45,6 +45,16 @@ class RegistrySource(ModelSource):
 
     def current_version(self) -> str | None:
         return self.client.resolve_version(self.uri) if self.watched else None
+
+    def cached_version(self) -> str | None:
+        """The version the verified cache last saw behind this alias (None: none)."""
+        ref = ModelURI.parse(self.uri)
+        return ModelCache(self.cache_dir).alias_version(ref.name, ref.alias or "")
+
+    def forget_cached_alias(self) -> None:
+        ref = ModelURI.parse(self.uri)
+        if ref.alias:
+            ModelCache(self.cache_dir).forget_alias(ref.name, ref.alias)
 
 
 class LocalSource(ModelSource):

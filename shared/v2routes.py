@@ -54,20 +54,28 @@ def v2_health_router() -> APIRouter:
     return router
 
 
-def tensor_model(runtime: ModelRuntime, name: str, version: str | None) -> LoadedModel:
-    """The loaded tensor model registered as `name` (and `version`, when given)."""
+def tensor_model(
+    runtime: ModelRuntime, name: str, version: str | None, headers: Any = None
+) -> LoadedModel:
+    """The loaded tensor model registered as `name`: the `version` asked for (production's or
+    the challenger's), else the one the canary routing chooses for these `headers` (None:
+    production)."""
     tensor = [slot for slot in runtime.slots.values() if slot.spec.tensor and slot.enabled]
-    loaded = [slot.current for slot in tensor if slot.current is not None]
-    model = next((m for m in loaded if m.name == name), None)
-    if model is None:
-        if len(loaded) < len(tensor):
+    slot = next((s for s in tensor if s.current is not None and s.current.name == name), None)
+    if slot is None or slot.current is None:
+        if any(s.current is None for s in tensor):
             raise ModelNotReadyError(f"model {name!r} is not served here or not ready")
         raise ModelNotFoundError(f"model {name!r} is not served here")
-    if version is not None and version != model.version:
-        raise ModelNotFoundError(
-            f"version {version!r} of {name!r} is not loaded (version {model.version} is)"
-        )
-    return model
+    model, challenger = slot.current, slot.challenger
+    if version is None:
+        return runtime.router.choose(slot, headers) if headers is not None else model
+    if version == model.version:
+        return model
+    if challenger is not None and version == challenger.version:
+        return challenger
+    raise ModelNotFoundError(
+        f"version {version!r} of {name!r} is not loaded (version {model.version} is)"
+    )
 
 
 def v2_router() -> APIRouter:
@@ -99,7 +107,7 @@ def v2_router() -> APIRouter:
 
     async def infer(request: Request, name: str, version: str | None) -> Response:
         runtime: ModelRuntime = request.app.state.runtime
-        model = tensor_model(runtime, name, version)
+        model = tensor_model(runtime, name, version, request.headers)
         header, binary = split_body(await request.body(), request.headers.get(HEADER_LENGTH))
         inputs, _ = model.model.tensor_specs()
         items = model.model.tensor_items(parse_inputs(header, binary, inputs))

@@ -25,10 +25,11 @@ def digit_png(index: int) -> tuple[bytes, int]:
     return encode_png(gray_to_image(digits.images[row])), int(digits.target[row])
 
 
-def fitted_weights(train: int = 1200) -> tuple[np.ndarray, np.ndarray]:
+def fitted_weights(train: int = 1200, shuffled: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(weight, bias) of a ridge-regression digit classifier over what the service feeds the
     model (PNG → decoded → normalized 3x8x8), fitted on the first `train` digits in
-    milliseconds: it classifies held-out digits right (~95%), unlike random weights (~10%)."""
+    milliseconds: it classifies held-out digits right (~95%), unlike random weights (~10%).
+    `shuffled`: fitted to permuted labels, so it learns nothing that holds on held-out digits."""
     from sklearn.datasets import load_digits
 
     digits = load_digits()
@@ -39,19 +40,25 @@ def fitted_weights(train: int = 1200) -> tuple[np.ndarray, np.ndarray]:
         ]
     )
     design = np.hstack([features, np.ones((train, 1), np.float32)])
-    targets = np.eye(len(LABELS), dtype=np.float32)[digits.target[:train]]
+    labels = digits.target[:train]
+    if shuffled:
+        labels = np.random.default_rng(0).permutation(labels)
+    targets = np.eye(len(LABELS), dtype=np.float32)[labels]
     solution = np.linalg.solve(design.T @ design + np.eye(design.shape[1]), design.T @ targets)
     return solution[:-1].astype(np.float32), solution[-1].astype(np.float32)
 
 
-def tiny_classifier(seed: int = 0, fitted: bool = False) -> onnx.ModelProto:
+def tiny_classifier(
+    seed: int = 0, fitted: bool = False, train: int = 1200, shuffled: bool = False
+) -> onnx.ModelProto:
     """Flatten → MatMul → Add: a linear classifier over (N, 3, 8, 8) with a dynamic batch;
-    random weights, or with `fitted` the ridge-regression digit classifier."""
+    random weights, or with `fitted` the ridge-regression digit classifier (`fitted_weights`
+    of `train` digits, `shuffled` labels)."""
     rng = np.random.default_rng(seed)
     weight = rng.normal(0, 0.1, size=(3 * 8 * 8, len(LABELS))).astype(np.float32)
     bias = rng.normal(0, 0.1, size=(len(LABELS),)).astype(np.float32)
     if fitted:
-        weight, bias = fitted_weights()
+        weight, bias = fitted_weights(train, shuffled)
     graph = helper.make_graph(
         [
             helper.make_node("Flatten", ["input"], ["flat"], axis=1),
@@ -79,11 +86,16 @@ def linear_logits(model: onnx.ModelProto, batch: np.ndarray) -> np.ndarray:
 
 
 def write_tiny_bundle(
-    directory: Path, name: str = "classify", seed: int = 0, fitted: bool = False
+    directory: Path,
+    name: str = "classify",
+    seed: int = 0,
+    fitted: bool = False,
+    model: onnx.ModelProto | None = None,
 ) -> Path:
-    """A complete, checksummed classify bundle with one fp32 variant (`tiny_classifier`)."""
+    """A complete, checksummed classify bundle with one fp32 variant (`tiny_classifier`, or
+    `model`: a graph whose logits `linear_logits` computes)."""
     directory.mkdir(parents=True, exist_ok=True)
-    model = tiny_classifier(seed, fitted)
+    model = model if model is not None else tiny_classifier(seed, fitted)
     onnx.save(model, directory / "model.onnx")
     rng = np.random.default_rng(seed + 1)
     sample = rng.normal(0, 1, size=(4, 3, 8, 8)).astype(np.float32)

@@ -25,9 +25,12 @@ from tests.tinymodels import linear_logits, seed_cache, tiny_classifier
 DEAD_REGISTRY = "http://127.0.0.1:9"  # nothing listens: the service serves its verified cache
 
 
-def slow_classifier(seed: int = 0, width: int = 1024, layers: int = 192) -> onnx.ModelProto:
-    """`tiny_classifier` plus `layers` (N, width) x (width, width) MatMuls added times zero."""
-    model = tiny_classifier(seed)
+def slow_classifier(
+    seed: int = 0, width: int = 1024, layers: int = 192, base: onnx.ModelProto | None = None
+) -> onnx.ModelProto:
+    """`tiny_classifier` (or `base`, one like it) plus `layers` (N, width) x (width, width)
+    MatMuls added times zero."""
+    model = base if base is not None else tiny_classifier(seed)
     graph = model.graph
     rng = np.random.default_rng(seed + 7)
     # orthogonal weights keep the activations' norm constant, so nothing overflows into NaN

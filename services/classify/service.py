@@ -13,7 +13,7 @@ from shared.errors import InvalidInputError, UnsupportedMediaTypeError
 from shared.media import IMAGE_MEDIA_TYPES, ImageSpec, decode_base64, decode_image, image_to_array
 from shared.onnx import OnnxModel
 from shared.requests import media_type, parse_json
-from shared.service import Endpoint, Lane, ModelService, ModelSpec, Service
+from shared.service import Endpoint, Lane, ModelService, ModelSpec, Service, top1_agreement
 from shared.settings import ServingSettings
 
 
@@ -57,6 +57,10 @@ class ClassifyModel(ModelService):
         return {
             "predictions": [{"label": self.labels[i], "score": float(scores[i])} for i in order]
         }
+
+    def agreement(self, mine: np.ndarray, theirs: np.ndarray) -> float:
+        """Shadow traffic: 1 when both versions rank the same class first."""
+        return top1_agreement(mine, theirs)
 
     def summarize(self, output: np.ndarray) -> dict[str, Any]:
         """The prediction log's output: top-1 label and its softmax score."""

@@ -42,6 +42,7 @@ from services.explain.settings import ExplainSettings
 from shared.bundle import Bundle
 from shared.errors import BundleError, InferenceError, InvalidParameterError, ServingError
 from shared.media import ImageSpec, decode_base64, decode_image, image_to_array
+from shared.predlog import summarize_input
 from shared.service import Call, Endpoint, Lane, ModelService, ModelSpec, Pool, Service
 from shared.settings import ServingSettings
 
@@ -265,6 +266,26 @@ class ExplainModel(ModelService):
             raise InferenceError(f"explanation failed: {type(exc).__name__}") from exc
         finally:
             self.replicas.put(explainer)
+
+    def summarize_call(
+        self, work: ExplainJob | ActivationsJob, output: dict[str, Any]
+    ) -> dict[str, Any]:
+        """The prediction log's item: the image tensor (hash, mean, std), what was asked
+        (methods and target, or the layer) and the prediction explained."""
+        if isinstance(work, ExplainJob):
+            target = "predicted" if work.target is None else work.target
+            asked = {"methods": list(work.methods), "target": target, "fidelity": work.fidelity}
+        else:
+            asked = {"layer": work.layer, "top_n": work.top_n}
+        predicted = output.get("prediction", {})
+        return {
+            "input": {**summarize_input(work.x), **asked},
+            "output": {
+                "label": predicted.get("label"),
+                "score": round(float(predicted.get("score", 0.0)), 6),
+                "timing_ms": round(float(output.get("timing_ms", 0.0)), 3),
+            },
+        }
 
 
 def _explaining(path: str, summary: str, body: type, prepare: Any, answer: type) -> Endpoint:

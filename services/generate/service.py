@@ -10,12 +10,15 @@ server-sent events.
 from __future__ import annotations
 
 import base64
+import io
 import logging
 import secrets
 import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from PIL import Image
 from pydantic import Field
 
 from models.diffusion_bundle import onnx_unet_fn
@@ -45,6 +48,7 @@ from services.generate.schemas import (
 )
 from shared.bundle import Bundle, directory_sha256
 from shared.errors import BundleError
+from shared.predlog import summarize_input
 from shared.service import Call, Endpoint, Lane, ModelService, ModelSpec, Pool, Service
 from shared.settings import ServingSettings
 from shared.sources import LOCAL_VERSION
@@ -180,6 +184,37 @@ class GenerateModel(ModelService):
             "timing_ms": {k: round(v, 2) for k, v in timing.items()},
         }
 
+    def agreement(self, mine: dict[str, Any], theirs: dict[str, Any]) -> float:
+        """Shadow traffic (the same seeds): 1 minus the mean absolute pixel difference of each
+        pair of images, on a 0-1 scale; 0 for a pair of another size or count."""
+        pairs = list(zip(mine["images"], theirs["images"], strict=False))
+        if not pairs or len(mine["images"]) != len(theirs["images"]):
+            return 0.0
+        scores = []
+        for ours, other in pairs:
+            a, b = (decoded_pixels(image["image"]) for image in (ours, other))
+            scores.append(0.0 if a.shape != b.shape else 1.0 - float(np.abs(a - b).mean()) / 255)
+        return float(np.mean(scores))
+
+    def summarize_call(self, job: Job, output: dict[str, Any]) -> dict[str, Any]:
+        """The prediction log's item: the parameters (prompts as hash and length, never their
+        text) and the images' count, size and safety flags."""
+        asked = {
+            key: summarize_input(value) if key.endswith("prompt") and value else value
+            for key, value in job.params.items()
+        }
+        images = output["images"]
+        return {
+            "input": asked,
+            "output": {
+                "images": len(images),
+                "width": job.params.get("width"),
+                "height": job.params.get("height"),
+                "flagged": sum(bool(image["flagged"]) for image in images),
+                "generate_ms": output["timing_ms"].get("generate"),
+            },
+        }
+
     def _hook(self, job: Job, call: Call) -> StepHook:
         every = job.preview_every
 
@@ -229,6 +264,7 @@ class GenerateService(Service):
             first_event=GenerateModel.queued,
             pool="generate",
             response=GenerateResponse,
+            shadow=True,  # agreement: pixels of the same seeds (GenerateModel.agreement)
             errors=(401, 413, 415, 422, 503, 504),
         ),
         Endpoint(
@@ -241,3 +277,9 @@ class GenerateService(Service):
             errors=(401, 503),
         ),
     )
+
+
+def decoded_pixels(encoded: str) -> np.ndarray:
+    """A base64 image of an answer as RGB pixels (float)."""
+    with Image.open(io.BytesIO(base64.b64decode(encoded))) as image:
+        return np.asarray(image.convert("RGB"), dtype=np.float32)

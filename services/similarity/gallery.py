@@ -144,19 +144,34 @@ class Gallery:
 
 
 class GalleryStore:
-    """Hands the same Gallery (with its additions) to every model load with the same key."""
+    """Hands the same Gallery (with its additions) to every model load with the same key.
+
+    A rollout serves two embedding models at once (production and the challenger), so the
+    store keeps one gallery per key, the `KEEP` most recently handed out: a challenger load
+    never takes production's additions away, and additions outlive a reload of the same
+    embedding model; vectors of another encoder are never mixed in."""
+
+    KEEP = 3
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._key: GalleryKey | None = None
-        self._gallery: Gallery | None = None
+        self._galleries: dict[GalleryKey, Gallery] = {}
 
     def gallery_for(self, bundle: Bundle, variant: str) -> Gallery:
         key = GalleryKey.of(bundle, variant)
         with self._lock:
-            if self._gallery is not None and self._key == key:
-                log.info("keeping the gallery and its %d added items", self._gallery.added)
-                return self._gallery
+            gallery = self._galleries.pop(key, None)
+            if gallery is not None:
+                log.info("keeping the gallery and its %d added items", gallery.added)
+            else:
+                gallery = Gallery.from_bundle(bundle, variant)
+            self._galleries[key] = gallery  # most recent last
+            while len(self._galleries) > self.KEEP:
+                old_key = next(iter(self._galleries))
+                old = self._galleries.pop(old_key)
+                if old.added:
+                    log.warning("dropping %d added gallery items of %s", old.added, old_key)
+            return gallery
             if self._gallery is not None and self._gallery.added:
                 log.warning(
                     "new embedding model %s: dropping %d added gallery items (old model %s)",

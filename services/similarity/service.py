@@ -125,6 +125,17 @@ class SimilarityModel(ModelService):
     def gallery_info(self, _: None, call: Call) -> dict[str, Any]:
         return self.gallery_facts()
 
+    def agreement(self, mine: np.ndarray, theirs: np.ndarray) -> float:
+        """Shadow traffic: the mean cosine of each image's two embeddings (meaningful when the
+        challenger continues production's training, so its space is aligned; see
+        docs/rollouts.md)."""
+        if mine.shape != theirs.shape:
+            return 0.0
+        cosines = np.sum(mine * theirs, axis=1) / np.maximum(
+            np.linalg.norm(mine, axis=1) * np.linalg.norm(theirs, axis=1), 1e-12
+        )
+        return float(np.clip(cosines, 0.0, 1.0).mean())
+
     def summarize(self, output: np.ndarray) -> dict[str, Any]:
         """The prediction log's output: how many embeddings, and their norms."""
         norms = np.linalg.norm(output, axis=1)
@@ -145,6 +156,7 @@ class SimilarityService(Service):
     """/v1/similarity: embed, compare, search and the gallery, all through one batcher."""
 
     name = "similarity"
+    single_process = True  # the gallery API additions live in this process only
     models = (ModelSpec("similarity", SimilarityModel, "similarity", tensor=True),)
     pools = (Pool("gallery", workers=1),)
     endpoints = (
@@ -175,6 +187,7 @@ class SimilarityService(Service):
             postprocess=SimilarityModel.matches,
             response=SearchResponse,
             more_errors={409: "The gallery is empty"},
+            rollout=False,  # the gallery holds production's embeddings
         ),
         Endpoint(
             "/v1/similarity/gallery",
@@ -191,6 +204,7 @@ class SimilarityService(Service):
             postprocess=SimilarityModel.added,
             response=GalleryAddResponse,
             more_errors={409: "An id is already in the gallery"},
+            rollout=False,
         ),
         Endpoint(
             "/v1/similarity/gallery",
@@ -200,6 +214,7 @@ class SimilarityService(Service):
             call=SimilarityModel.gallery_info,
             pool="gallery",
             response=GalleryInfo,
+            rollout=False,
             errors=(401, 503),
         ),
     )

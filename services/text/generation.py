@@ -16,6 +16,7 @@ from services.text.schemas import GenerateBody
 from services.text.tokens import Tokens, check_text
 from shared.bundle import Bundle
 from shared.errors import BundleError
+from shared.predlog import summarize_tokens
 from shared.service import Call, ModelService
 
 
@@ -62,9 +63,36 @@ class TextGenerator(ModelService):
             )
 
     def prepare(self, body: GenerateBody) -> tuple[list[int], GenerateBody]:
-        """Checked source token ids (a 4xx before anything queues)."""
+        """Checked source token ids (a 4xx before anything queues); a sampled request without
+        a seed gets one here, so a shadow run on the challenger samples with the same seed."""
         check_text(body.text, "text", self.max_chars)
+        if body.strategy == "sample" and body.seed is None:
+            body = body.model_copy(update={"seed": secrets.randbelow(2**31)})
         return self.tokens.encode(code_input(body.text, self.input_format), "text"), body
+
+    #: shadow traffic compares this many leading words of the two summaries
+    AGREEMENT_WORDS = 8
+
+    def agreement(self, mine: dict[str, Any], theirs: dict[str, Any]) -> float:
+        """Shadow traffic: 1 when both versions' summaries start with the same words."""
+        words = self.AGREEMENT_WORDS
+        return 1.0 if mine["text"].split()[:words] == theirs["text"].split()[:words] else 0.0
+
+    def summarize_call(
+        self, work: tuple[list[int], GenerateBody], output: dict[str, Any]
+    ) -> dict[str, Any]:
+        """The prediction log's item: the source tokens (hash, count), the decoding asked for,
+        and the generated length."""
+        src, body = work
+        asked = {"strategy": body.strategy, "max_new_tokens": body.max_new_tokens}
+        return {
+            "input": {**summarize_tokens(src), **asked},
+            "output": {
+                "tokens": output["tokens"],
+                "chars": len(output["text"]),
+                "tokens_per_s": output["timing_ms"].get("tokens_per_s"),
+            },
+        }
 
     def summarize(self, work: tuple[list[int], GenerateBody], call: Call) -> dict[str, Any]:
         """Decode one request; a streaming client gets a `token` event per new piece of text."""

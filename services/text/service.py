@@ -28,7 +28,17 @@ from services.text.tokens import Tokens, check_text
 from shared.bundle import Bundle
 from shared.errors import InvalidParameterError, ModelNotReadyError
 from shared.onnx import OnnxModel
-from shared.service import Call, Endpoint, Lane, ModelService, ModelSpec, Pool, Service
+from shared.predlog import summarize_input, summarize_output
+from shared.service import (
+    Call,
+    Endpoint,
+    Lane,
+    ModelService,
+    ModelSpec,
+    Pool,
+    Service,
+    top1_agreement,
+)
 from shared.settings import ServingSettings
 
 
@@ -91,6 +101,10 @@ class TextClassifier(ModelService):
             batch[row, : len(ids)] = ids
         return list(self.classifier.run({"input": batch})[0])
 
+    def agreement(self, mine: np.ndarray, theirs: np.ndarray) -> float:
+        """Shadow traffic: 1 when both versions name the same language first."""
+        return top1_agreement(mine, theirs)
+
     def results(self, outputs: list[np.ndarray], body: TextClassifyBody) -> dict[str, Any]:
         answers = []
         for logits in outputs:
@@ -100,6 +114,23 @@ class TextClassifier(ModelService):
             top = [{"label": self.labels[i], "score": float(scores[i])} for i in order]
             answers.append({**top[0], "top_k": top})
         return {"results": answers}
+
+    def summarize(self, output: np.ndarray) -> dict[str, Any]:
+        """The prediction log's output: top-1 language and its softmax score."""
+        shifted = np.exp(output - output.max())
+        best = int(shifted.argmax())
+        return {"label": self.labels[best], "score": round(float(1.0 / shifted.sum()), 6)}
+
+    def summarize_call(
+        self, body: AttentionBody | AttentionEntropyBody, output: Any
+    ) -> dict[str, Any]:
+        """The prediction log's item of an attention call: the text (hash, length), the map
+        asked for, and the PNG's size or the tokens' count."""
+        asked = {"layer": body.layer, "head": body.head} if isinstance(body, AttentionBody) else {}
+        answer = summarize_output(output) if isinstance(output, bytes) else {}
+        if isinstance(output, dict):
+            answer = {"tokens": len(output["tokens"])}
+        return {"input": {**summarize_input(body.text), **asked}, "output": answer}
 
     def attention(self, body: AttentionBody, call: Call) -> bytes:
         """The chosen layer/head's self-attention over the text's tokens, as a PNG."""
@@ -189,6 +220,7 @@ class TextService(Service):
             preprocess=TextGenerator.prepare,
             call=TextGenerator.summarize,
             pool="generate",
+            shadow=True,  # agreement: the first words (TextGenerator.agreement)
             response=GenerateResponse,
         ),
         Endpoint(

@@ -19,7 +19,7 @@ from services.catalog import NAMES, SERVICES
 from training.all import commands, parse_args
 
 ROOT = Path(__file__).resolve().parents[2]
-OVERLAYS = ("k8s/overlays/dev", "k8s/overlays/prod", "k8s/jobs")
+OVERLAYS = ("k8s/overlays/dev", "k8s/overlays/prod", "k8s/jobs", "k8s/overlays/rollout")
 KUBERNETES_VERSION = "1.32.0"
 #: custom resources (Prometheus Operator): no schema in kubernetes-validate
 CUSTOM_KINDS = {
@@ -165,3 +165,20 @@ def test_training_all_runs_every_task_in_order_and_passes_quick() -> None:
     assert steps[0][1][1:] == ["-m", "training.export", "classify", "--quick"]
     with pytest.raises(SystemExit):
         parse_args(["train", "--only", "nope"])
+
+
+def test_the_rollout_overlay_splits_traffic_and_runs_the_gate_on_prometheus() -> None:
+    documents = rendered("k8s/overlays/rollout")
+    settings = by_kind(documents, "ConfigMap")["modelplane-settings"]["data"]
+    assert (settings["CANARY_PERCENT"], settings["SHADOW_PERCENT"]) == ("10", "50")
+    assert float(settings["RELOAD_INTERVAL_S"]) > 0  # the replicas follow both aliases
+    job = by_kind(documents, "Job")["rollout-classify"]
+    command = job["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert command[:2] == ["modelplane", "rollout"]
+    assert "--prometheus=$(PROMETHEUS_URL)" in command
+    from modelplane.rollout import parse_args  # the Job's flags are the gate's own
+
+    args = parse_args(command[2:])
+    assert (args.name, args.service, args.min_agreement) == ("classify", "classify", 0.9)
+    base = by_kind(rendered("k8s/overlays/prod"), "ConfigMap")["modelplane-settings"]["data"]
+    assert (base["CANARY_PERCENT"], base["SHADOW_PERCENT"]) == ("0", "0")
