@@ -20,6 +20,7 @@ import tempfile
 import time
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -75,8 +76,10 @@ def digit_bodies(count: int = 64) -> list[bytes]:
     return [encode_png(gray_to_image(image)) for image in load_splits()["test"].images[:count]]
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="modelplane bench observe", description=__doc__)
+def side_by_side_arguments(prog: str, doc: str | None, argv: list[str] | None) -> Any:
+    """The options of a bench that runs configurations side by side in interleaved rounds:
+    which bundle (or --tiny), seconds and rounds (--quick: 2 s, 1 round), threads."""
+    parser = argparse.ArgumentParser(prog=prog, description=doc)
     model_arguments(parser)
     parser.add_argument("--tiny", action="store_true", help="serve the tests' tiny bundle")
     parser.add_argument("--seconds", type=float, default=10, help="per configuration and round")
@@ -86,6 +89,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         args.seconds, args.rounds = 2, 1
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = side_by_side_arguments("modelplane bench observe", __doc__, argv)
     with tempfile.TemporaryDirectory() as tmp, socket.socket() as stalled:
         stalled.bind(("127.0.0.1", 0))
         stalled.listen(1024)

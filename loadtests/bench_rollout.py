@@ -14,7 +14,6 @@ the overhead shows most.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import shutil
@@ -26,8 +25,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from loadtests.bench_observe import digit_bodies, drive
-from loadtests.bench_serve import model_arguments, served
+from loadtests.bench_observe import digit_bodies, drive, side_by_side_arguments
+from loadtests.bench_serve import served
 
 CONFIGURATIONS = {
     "no challenger": {"CHALLENGER_ALIAS": ""},
@@ -69,16 +68,7 @@ def counter(text: str, name: str, **labels: str) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="modelplane bench rollout", description=__doc__)
-    model_arguments(parser)
-    parser.add_argument("--tiny", action="store_true", help="serve the tests' tiny bundle")
-    parser.add_argument("--seconds", type=float, default=10, help="per configuration and round")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=1, help="onnxruntime threads")
-    parser.add_argument("--quick", action="store_true", help="2 s, 1 round (a smoke run)")
-    args = parser.parse_args(argv)
-    if args.quick:
-        args.seconds, args.rounds = 2, 1
+    args = side_by_side_arguments("modelplane bench rollout", __doc__, argv)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         if args.tiny:
