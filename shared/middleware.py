@@ -106,7 +106,8 @@ class ServingMiddleware:
                     "route": template,
                     "status": status,
                     "latency_ms": round(seconds * 1000, 2),
-                    "model_version": self.model_version(),
+                    # the version that answered (a canary's), else the one serving now
+                    "model_version": scope["state"].get("model_version") or self.model_version(),
                 },
             )
 

@@ -92,6 +92,7 @@ async def serve(
         loaded = runtime.choose(endpoint.model, request.headers)
     else:
         loaded = runtime.require(endpoint.model)
+    request.state.model_version = loaded.version  # the access log names who answered
     if endpoint.lane is Lane.BATCHED:  # the batcher keeps each item's deadline itself
         items = await runtime.preprocess(endpoint, loaded, parsed, batched=True)
         request_id = getattr(request.state, "request_id", None)

@@ -60,7 +60,9 @@ def metric(client: TestClient, name: str, **labels: str) -> float:
     return total
 
 
-def test_generation_is_shadowed_with_the_same_seed_and_agrees(client: TestClient) -> None:
+def test_generation_is_shadowed_with_the_same_seed_and_agrees(
+    client: TestClient, caplog: pytest.LogCaptureFixture
+) -> None:
     info = client.get("/v1/model").json()
     assert info["models"]["generate"]["challenger"]["version"] == "2"
     assert info["models"]["classify"]["challenger"]["served"] is False  # its alias: nothing cached
@@ -80,12 +82,15 @@ def test_generation_is_shadowed_with_the_same_seed_and_agrees(client: TestClient
     assert metric(client, "modelplane_shadow_agreement_sum", version="2") == 2.0
     assert metric(client, "modelplane_model_requests_total", version="2", role="shadow") == 2
 
-    named = client.post(
-        "/v1/text/generate",
-        json={"text": source, "max_new_tokens": 3},
-        headers={"x-model-alias": "challenger"},
-    )
+    with caplog.at_level("INFO", logger="modelplane.access"):
+        named = client.post(
+            "/v1/text/generate",
+            json={"text": source, "max_new_tokens": 3},
+            headers={"x-model-alias": "challenger"},
+        )
     assert named.status_code == 200 and named.json()["model"]["version"] == "2"
+    (logged,) = [r for r in caplog.records if r.name == "modelplane.access"]
+    assert logged.model_version == "2"  # type: ignore[attr-defined]  # who answered
     refused = client.post(
         "/v1/text/classify", json={"texts": ["Hallo"]}, headers={"x-model-alias": "challenger"}
     )
