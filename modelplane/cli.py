@@ -233,7 +233,8 @@ def export(ctx: click.Context, task: str | None, args: tuple[str, ...]) -> None:
 
 @main.command(context_settings=PASSTHROUGH)
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def rollout(args: tuple[str, ...]) -> None:
+@click.pass_context
+def rollout(ctx: click.Context, args: tuple[str, ...]) -> None:
     """Promote a challenger or roll it back, from its canary and shadow metrics.
 
     Watches the per-version metrics (Prometheus or the replicas' /metrics), compares the
@@ -241,6 +242,11 @@ def rollout(args: tuple[str, ...]) -> None:
     @challenger and tags the version with why. `modelplane rollout --help` lists the options;
     docs/rollouts.md explains the whole rollout.
     """
+    if not args or args[0] in ("-h", "--help"):
+        from modelplane.rollout import build_parser
+
+        click.echo(f"{ctx.get_help()}\n\nThe gate's options:\n\n{build_parser().format_help()}")
+        return
     run_module("modelplane.rollout", args)
 
 

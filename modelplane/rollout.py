@@ -290,6 +290,22 @@ def watch(
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    for name in ("min_canary", "min_shadow"):
+        if getattr(args, name) < 0:
+            parser.error(f"--{name.replace('_', '-')} must be >= 0")
+    if not 0 <= args.min_agreement <= 1:
+        parser.error("--min-agreement must be between 0 and 1")
+    if args.max_p95_ratio <= 0:
+        parser.error("--max-p95-ratio must be > 0")
+    if args.production_alias == args.challenger_alias:
+        parser.error("--production-alias and --challenger-alias must differ")
+    return args
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The gate's options (`modelplane rollout --help` prints them)."""
     defaults = Thresholds()
     parser = argparse.ArgumentParser(
         prog="modelplane rollout", description=__doc__.split("\n\n")[0]
@@ -319,17 +335,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--poll", type=float, default=5.0, help="seconds between metric reads")
     parser.add_argument("--dry-run", action="store_true", help="decide and print; change nothing")
-    args = parser.parse_args(argv)
-    for name in ("min_canary", "min_shadow"):
-        if getattr(args, name) < 0:
-            parser.error(f"--{name.replace('_', '-')} must be >= 0")
-    if not 0 <= args.min_agreement <= 1:
-        parser.error("--min-agreement must be between 0 and 1")
-    if args.max_p95_ratio <= 0:
-        parser.error("--max-p95-ratio must be > 0")
-    if args.production_alias == args.challenger_alias:
-        parser.error("--production-alias and --challenger-alias must differ")
-    return args
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
