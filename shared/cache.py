@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -47,18 +49,14 @@ class ModelCache:
         aliases = json.loads(path.read_text()) if path.is_file() else {}
         aliases[alias] = str(version)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(aliases, indent=2))
-        tmp.replace(path)
+        _write_atomically(path, aliases)
 
     def forget_alias(self, name: str, alias: str) -> None:
         """The registry says `alias` names nothing now: a later outage must not revive it."""
         path = self._aliases_path(name)
         aliases = json.loads(path.read_text()) if path.is_file() else {}
         if aliases.pop(alias, None) is not None:
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(aliases, indent=2))
-            tmp.replace(path)
+            _write_atomically(path, aliases)
 
     def alias_version(self, name: str, alias: str) -> str | None:
         path = self._aliases_path(name)
@@ -84,6 +82,14 @@ class ModelCache:
         shutil.rmtree(target, ignore_errors=True)
         downloaded.rename(target)
         return Bundle(path=target, manifest=bundle.manifest)
+
+
+def _write_atomically(path: Path, aliases: dict[str, str]) -> None:
+    """Replace `path` in one rename from a temporary file of this process and thread only:
+    replicas sharing a cache (one volume) never rename each other's half-written file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    tmp.write_text(json.dumps(aliases, indent=2))
+    tmp.replace(path)
 
 
 def from_cache_only(ref: ModelURI, cache: ModelCache, cause: Exception) -> FetchedModel:

@@ -255,8 +255,11 @@ class ModelRuntime:
             return
         while not self._stop.wait(interval):
             for slot in self.enabled_slots():
-                self.reload_if_moved(loop, slot.spec.key)
-                self.follow_challenger(loop, slot.spec.key)
+                for follow in (self.reload_if_moved, self.follow_challenger):
+                    try:
+                        follow(loop, slot.spec.key)
+                    except Exception:  # the watch goes on: a failed look is tried again
+                        log.exception("following %s failed; trying again", slot.spec.key)
 
     def reload_if_moved(self, loop: asyncio.AbstractEventLoop, key: str = "") -> bool:
         """Zero-downtime swap: when the source names another version, load, verify and warm it

@@ -3,9 +3,11 @@ from a real metrics registry, and the gate's decisions against each threshold.""
 
 from __future__ import annotations
 
+import json
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -180,3 +182,24 @@ def test_each_service_declares_what_agreement_means() -> None:
     inverted = generate.agreement(answer(image), answer(255 - image))
     assert inverted < 0.6
     assert generate.agreement(answer(image), {"images": []}) == 0.0
+
+
+def test_replicas_sharing_a_cache_write_its_aliases_without_racing(tmp_path: Path) -> None:
+    """Two replicas on one cache volume once renamed each other's temporary alias file
+    (FileNotFoundError, and the alias watch died): every writer now has its own."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from shared.cache import ModelCache
+
+    def churn(worker: int) -> None:
+        cache = ModelCache(tmp_path)
+        for n in range(200):
+            cache.remember_alias("m", "challenger", str(n))
+            cache.forget_alias("m", "challenger")
+            cache.remember_alias("m", f"w{worker}", str(n))
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(churn, range(4)))  # raises if any writer failed
+    aliases = json.loads((tmp_path / "m" / "aliases.json").read_text())
+    assert "challenger" not in aliases or aliases["challenger"].isdigit()
+    assert not list((tmp_path / "m").glob("*.tmp"))
