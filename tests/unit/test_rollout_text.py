@@ -5,15 +5,16 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 
+from loadtests.bench_rollout import counter
 from services.text.service import TextService, TextSettings
 from shared.app import create_app
+from tests.procs import poll_until
 from tests.tinyserve import DEAD_REGISTRY
 
 
@@ -37,9 +38,8 @@ def client(two_versions: Path) -> Iterator[TestClient]:
         mlflow_tracking_uri=DEAD_REGISTRY, model_cache_dir=two_versions, shadow_percent=100
     )
     with TestClient(create_app(TextService(), settings)) as client:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not challenger_served(client):
-            time.sleep(0.1)  # ready first (production), the challenger right after
+        # ready first (production), the challenger right after
+        poll_until(lambda: challenger_served(client), 60, "the challenger served")
         yield client
 
 
@@ -50,14 +50,7 @@ def challenger_served(client: TestClient) -> bool:
 
 
 def metric(client: TestClient, name: str, **labels: str) -> float:
-    from prometheus_client.parser import text_string_to_metric_families
-
-    total = 0.0
-    for family in text_string_to_metric_families(client.get("/metrics").text):
-        for sample in family.samples:
-            if sample.name == name and labels.items() <= sample.labels.items():
-                total += sample.value
-    return total
+    return counter(client.get("/metrics").text, name, **labels)
 
 
 def test_generation_is_shadowed_with_the_same_seed_and_agrees(
@@ -72,12 +65,12 @@ def test_generation_is_shadowed_with_the_same_seed_and_agrees(
         answer = client.post("/v1/text/generate", json=body)
         assert answer.status_code == 200, answer.text
         assert answer.json()["model"]["version"] == "1"  # production answers; shadow is silent
-    deadline = time.monotonic() + 30
-    compared = 0.0
-    while time.monotonic() < deadline and compared < 2:
-        compared = metric(client, "modelplane_shadow_requests_total", outcome="compared")
-        time.sleep(0.05)
-    assert compared == 2
+
+    def compared() -> float:
+        return metric(client, "modelplane_shadow_requests_total", outcome="compared")
+
+    poll_until(lambda: compared() >= 2, 30, "both shadows compared")
+    assert compared() == 2
     # identical weights, the same seed: the challenger's summaries match word for word
     assert metric(client, "modelplane_shadow_agreement_sum", version="2") == 2.0
     assert metric(client, "modelplane_model_requests_total", version="2", role="shadow") == 2
