@@ -38,7 +38,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from loadtests.overhead import group_cpu_s, group_pids, model_cpu_per_item_s, write_tiny_bundle
+from loadtests.overhead import model_cpu_per_item_s, tree_cpu_s, tree_pids, write_tiny_bundle
 
 ROOT = Path(__file__).resolve().parents[1]
 LUA = """
@@ -159,8 +159,8 @@ class Served:
     cold_start_s: float
 
     @property
-    def pgids(self) -> set[int]:
-        """The servers' process groups (each started in its own session)."""
+    def roots(self) -> set[int]:
+        """The servers' processes (their children are counted with them: tree_pids)."""
         return {p.pid for p in self.procs}
 
 
@@ -172,17 +172,15 @@ def served(
     env: dict[str, str],
     log_dir: Path,
     label: str,
-    processes: int = 1,
     command: list[str] | None = None,
     ready_path: str = "/readyz",
 ) -> Iterator[Served]:
-    """`python -m services.classify` on a free port (`processes` > 1: that many sharing it
-    with REUSE_PORT), ready on every process; stopped by PID on exit. `command` (a peer)
-    is run instead, with `{port}` in it replaced, ready once `ready_path` answers 200."""
+    """`python -m services.classify` on a free port, ready once every one of its processes
+    has answered GET /v1/model (each joins the port when its models are ready); stopped by
+    PID on exit. `command` (a peer) is run instead, with `{port}` in it replaced, ready once
+    `ready_path` answers 200."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    if processes > 1:
-        env = {**env, "REUSE_PORT": "true"}
     argv = (
         [a.replace("{port}", str(port)) for a in command]
         if command
@@ -191,30 +189,21 @@ def served(
     procs = []
     started = time.perf_counter()
     try:
-        for index in range(processes):
-            log = log_dir / f"{label.replace(' ', '_')}-{index}.log"
-            with log.open("wb") as out:
-                procs.append(
-                    subprocess.Popen(
-                        argv,
-                        cwd=ROOT,
-                        env={**os.environ, **env},
-                        stdout=out,
-                        stderr=subprocess.STDOUT,
-                        start_new_session=True,
-                    )
+        log = log_dir / f"{label.replace(' ', '_')}.log"
+        with log.open("wb") as out:
+            procs.append(
+                subprocess.Popen(
+                    argv,
+                    cwd=ROOT,
+                    env={**os.environ, **env},
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
                 )
-        ready = 0
-        # one process: its first ready answer; several: 20 consecutive per process (the kernel
-        # spreads connections, so all of them have then answered ready)
-        while ready < (1 if processes == 1 else 20 * processes):
+            )
+        while not every_process_ready(url, ready_path if command else None):
             if any(p.poll() is not None for p in procs):
-                raise SystemExit(f"{label}: a server process exited; see {log_dir}")
-            try:
-                ok = httpx.get(f"{url}{ready_path}", timeout=1, headers={"connection": "close"})
-                ready = ready + 1 if ok.status_code == 200 else 0
-            except httpx.HTTPError:
-                ready = 0
+                raise SystemExit(f"{label}: the server exited; see {log}")
             time.sleep(0.02)
         yield Served(url, procs, time.perf_counter() - started)
     finally:
@@ -227,6 +216,29 @@ def served(
             except subprocess.TimeoutExpired:
                 os.killpg(p.pid, 9)
                 p.wait(timeout=5)
+
+
+def every_process_ready(url: str, peer_ready_path: str | None) -> bool:
+    """A peer: `peer_ready_path` answers 200. modelplane: GET /v1/model (a new connection
+    each time, so the kernel may pick any process) has come from all of the layout's
+    processes."""
+    try:
+        if peer_ready_path is not None:
+            path, close = peer_ready_path, {"connection": "close"}
+            return httpx.get(f"{url}{path}", timeout=1, headers=close).status_code == 200
+        answered: set[int] = set()
+        for _ in range(200):
+            answer = httpx.get(f"{url}/v1/model", timeout=1, headers={"connection": "close"})
+            if answer.status_code != 200:
+                return False
+            layout = answer.json()["layout"]
+            processes = layout["processes"]
+            answered.add(layout["process_index"])
+            if len(answered) == processes:
+                return True
+        return False
+    except httpx.HTTPError:
+        return False
 
 
 @dataclass(frozen=True)
@@ -268,9 +280,9 @@ def measured_wrk(
     service: Served, target: Target, concurrency: int, seconds: float, log_dir: Path
 ) -> tuple[WrkResult, float]:
     """wrk's result and the server's CPU microseconds per completed request over the run."""
-    before = group_cpu_s(service.pgids)
+    before = tree_cpu_s(service.roots)
     got = wrk(service.url, target, concurrency, seconds, log_dir)
-    used = group_cpu_s(service.pgids) - before
+    used = tree_cpu_s(service.roots) - before
     return got, used / max(1, got.requests) * 1e6
 
 
@@ -388,12 +400,11 @@ def warm_up(url: str, target: Target, requests: int = 50) -> None:
 
 @dataclass(frozen=True)
 class Server:
-    """One server configuration measured: its label, environment, processes the bench starts
-    itself (REUSE_PORT), and for a peer its command line, readiness path and request."""
+    """One server configuration measured: its label, environment, and for a peer its command
+    line, readiness path and request."""
 
     label: str
     env: dict[str, str]
-    processes: int = 1
     command: list[str] | None = None
     ready_path: str = "/readyz"
     target: Target | None = None
@@ -411,12 +422,10 @@ def bench_service(
     """Start the server, measure cold start and RSS, drive it with wrk at each concurrency;
     `model_cpu_us` (batch -> the model's CPU per item) gives each row's CPU outside the model."""
     target = server.target or target
-    with served(
-        server.env, log_dir, server.label, server.processes, server.command, server.ready_path
-    ) as service:
+    with served(server.env, log_dir, server.label, server.command, server.ready_path) as service:
         facts = {"cold_start_s": service.cold_start_s}
         warm_up(service.url, target)
-        facts["rss_warm_mb"] = sum(rss_mb(pid) for pid in group_pids(service.pgids))
+        facts["rss_warm_mb"] = sum(rss_mb(pid) for pid in tree_pids(service.roots))
         rows = []
         for concurrency in levels:
             got, cpu_us = measured_wrk(service, target, concurrency, seconds, log_dir)
@@ -434,7 +443,7 @@ def bench_service(
                     variant,
                 )
             )
-        facts["rss_loaded_mb"] = sum(rss_mb(pid) for pid in group_pids(service.pgids))
+        facts["rss_loaded_mb"] = sum(rss_mb(pid) for pid in tree_pids(service.roots))
         return rows, facts
 
 
@@ -596,8 +605,10 @@ def service_configurations(
     variant: str, base: dict[str, str], cores: int, layouts: list[str]
 ) -> list[Server]:
     """The old default (one process, every core as intra-op threads, one batch in flight,
-    pinned by its settings), the new default (no layout setting at all), and `layouts`."""
+    pinned by its settings), the new default (no layout setting at all: shared/layout.py),
+    and `layouts` (PxT[xB]: SERVER_PROCESSES x ONNX_INTRA_OP_THREADS x INFERENCE_WORKERS)."""
     old = {
+        "SERVER_PROCESSES": "1",
         "ONNX_INTRA_OP_THREADS": str(cores),
         "INFERENCE_WORKERS": "1",
     }
@@ -609,10 +620,11 @@ def service_configurations(
         processes, threads, *batches = (int(n) for n in layout.split("x"))
         env = {
             **base,
+            "SERVER_PROCESSES": str(processes),
             "ONNX_INTRA_OP_THREADS": str(threads),
             "INFERENCE_WORKERS": str(batches[0] if batches else 1),
         }
-        servers.append(Server(f"service {variant} {layout}", env, processes))
+        servers.append(Server(f"service {variant} {layout}", env))
     return servers
 
 

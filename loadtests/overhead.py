@@ -1,10 +1,10 @@
 """Server CPU per request, and the overhead-bound model `make bench-serve` measures it on.
 
 CPU time is read from /proc/<pid>/stat (utime + stime, every thread) for every process of the
-server's process groups (a server and its workers: LitServe's inference process, uvicorn's
-children), before and after a wrk run; divided by the requests wrk completed. Subtracting the
-model's own CPU per item, measured raw in this process, leaves the cost of serving: HTTP,
-routing, decoding, batching, thread hand-offs, JSON, metrics and logs.
+server's process trees (a server and its workers: LitServe's inference process, a
+supervisor's service processes), before and after a wrk run; divided by the requests wrk
+completed. Subtracting the model's own CPU per item, measured raw in this process, leaves
+the cost of serving: HTTP, routing, decoding, batching, thread hand-offs, JSON, metrics and logs.
 
 The tiny model is a linear classifier over 3x8x8 (Flatten, MatMul, Add): a few microseconds of
 inference, so nearly all of a request's CPU is the server's.
@@ -37,17 +37,27 @@ def _stats() -> list[tuple[int, list[str]]]:
     return found
 
 
-def group_pids(pgids: set[int]) -> list[int]:
-    """The live processes of the process groups `pgids`."""
-    return [pid for pid, fields in _stats() if int(fields[2]) in pgids]  # fields[2]: pgrp
+def tree_pids(roots: set[int]) -> list[int]:
+    """The live processes `roots` and every process they started, at any depth (a
+    supervisor's children run in sessions of their own, so process groups would miss them)."""
+    stats = _stats()
+    parents = {pid: int(fields[1]) for pid, fields in stats}  # fields[1]: ppid
+    found = {pid for pid in parents if pid in roots}
+    grew = True
+    while grew:
+        more = {pid for pid, ppid in parents.items() if ppid in found} - found
+        found |= more
+        grew = bool(more)
+    return sorted(found)
 
 
-def group_cpu_s(pgids: set[int]) -> float:
-    """CPU seconds (user + system) used so far by the live processes of `pgids`."""
+def tree_cpu_s(roots: set[int]) -> float:
+    """CPU seconds (user + system) used so far by the live processes of `tree_pids(roots)`."""
+    tree = set(tree_pids(roots))
     ticks = sum(
         int(fields[11]) + int(fields[12])  # utime, stime (stat fields 14 and 15)
-        for _, fields in _stats()
-        if int(fields[2]) in pgids
+        for pid, fields in _stats()
+        if pid in tree
     )
     return ticks / CLOCK_TICKS
 

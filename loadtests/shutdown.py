@@ -163,6 +163,7 @@ def start(port: int, cache_dir: Path, log: Path, env: dict[str, str]) -> subproc
         "MLFLOW_TRACKING_URI": DEAD_REGISTRY,
         "MODEL_CACHE_DIR": str(cache_dir),
         "ONNX_INTRA_OP_THREADS": "1",
+        "SERVER_PROCESSES": "1",  # the rounds start and stop single processes themselves
         "LOG_LEVEL": "WARNING",
         **env,
     }

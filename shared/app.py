@@ -22,7 +22,7 @@ from shared.admission import Admission
 from shared.errors import UnauthorizedError
 from shared.fastpath import BatchedFastPath
 from shared.health import add_health
-from shared.layout import with_layout
+from shared.layout import service_layout, with_layout
 from shared.metrics import Metrics
 from shared.middleware import ServingMiddleware
 from shared.problem import install_error_handlers
@@ -32,6 +32,7 @@ from shared.routes import build_router
 from shared.runtime import ModelRuntime
 from shared.service import Service
 from shared.settings import ServingSettings, available_cores
+from shared.supervisor import is_worker
 from shared.tracing import instrument, tracing_requested
 from shared.v2routes import v2_health_router, v2_router
 
@@ -88,7 +89,9 @@ def create_app(
     declared endpoints. `load=False` leaves loading to the caller (tests drive it directly);
     `grpc` also serves the tensor models over gRPC there (shared/grpcserver.py)."""
     service = service() if isinstance(service, type) else service
-    settings = with_layout(service, service_settings(service, settings))
+    settings = service_settings(service, settings)
+    layout = service_layout(service, settings)
+    settings = with_layout(service, settings)
     name = service.name
     metrics = Metrics(name)
     runtime = ModelRuntime(service, settings, metrics)
@@ -108,9 +111,9 @@ def create_app(
         loop = asyncio.get_running_loop()
         task = asyncio.create_task(asyncio.to_thread(runtime.serve_models, loop)) if load else None
         exporter = None
-        if settings.metrics_port is not None:
+        if settings.metrics_port is not None and not is_worker():  # else the supervisor's
             exporter, _ = start_http_server(
-                settings.metrics_port, settings.metrics_addr, registry=metrics.registry
+                settings.metrics_port, settings.metrics_addr, registry=metrics.scrape
             )
             log.info("metrics on %s:%d", settings.metrics_addr, settings.metrics_port)
         grpc_server = None
@@ -164,7 +167,7 @@ def create_app(
         model_version=lambda: runtime.current.version if runtime.current else None,
     )
     _add_docs(app)
-    add_health(app, runtime, protection(settings))
+    add_health(app, runtime, layout, protection(settings))
     protected = protection(settings)
     routers = [build_router(service, runtime)]
     app.state.model_control = None

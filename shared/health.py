@@ -10,13 +10,15 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from shared.errors import ModelNotReadyError
+from shared.layout import Layout
 from shared.requests import error_responses
 from shared.runtime import ModelRuntime
 from shared.settings import available_cores
 from shared.slots import ModelSlot
+from shared.supervisor import worker_index
 
 
-def add_health(app: FastAPI, runtime: ModelRuntime, protected: list[Any]) -> None:
+def add_health(app: FastAPI, runtime: ModelRuntime, layout: Layout, protected: list[Any]) -> None:
     """The probes (no token), /metrics (unless on its own port) and GET /v1/model."""
 
     @app.get("/livez", tags=["health"], summary="The process is alive (never checks the model).")
@@ -52,9 +54,7 @@ def add_health(app: FastAPI, runtime: ModelRuntime, protected: list[Any]) -> Non
             responses={200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {}}}},
         )
         async def prometheus_metrics() -> Response:
-            return Response(
-                generate_latest(runtime.metrics.registry), media_type=CONTENT_TYPE_LATEST
-            )
+            return Response(generate_latest(runtime.metrics.scrape), media_type=CONTENT_TYPE_LATEST)
 
     @app.get(
         "/v1/model",
@@ -64,7 +64,7 @@ def add_health(app: FastAPI, runtime: ModelRuntime, protected: list[Any]) -> Non
         dependencies=protected,
     )
     async def model_info() -> JSONResponse:
-        return JSONResponse(describe(runtime))
+        return JSONResponse(describe(runtime, layout))
 
     @app.get(
         "/v1/model/drift",
@@ -96,7 +96,7 @@ def drift_report(runtime: ModelRuntime) -> dict[str, Any]:
     return {"drifted": drifted, "models": models}
 
 
-def describe(runtime: ModelRuntime) -> dict[str, Any]:
+def describe(runtime: ModelRuntime, layout: Layout) -> dict[str, Any]:
     """GET /v1/model: the primary model's details at the top, every model under `models`."""
     primary = runtime.require()
     settings = runtime.settings
@@ -121,6 +121,7 @@ def describe(runtime: ModelRuntime) -> dict[str, Any]:
             "max_body_bytes": settings.max_body_bytes,
             "request_timeout_s": settings.request_timeout_s,
         },
+        "layout": {**layout.to_dict(), "process_index": worker_index()},
         "threads": {
             "cores": available_cores(),
             "onnx_intra_op": settings.intra_op_threads(),

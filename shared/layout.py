@@ -53,54 +53,80 @@ def cpu_budget(root: Path = CGROUP_ROOT) -> int:
     return max(1, min(cores, math.ceil(quota))) if quota is not None else cores
 
 
+#: the most processes the default layout starts: each one holds its own copy of the models
+#: (RSS x N) and loads them at start-up (cold start about +1 s each on 2 cores)
+MAX_DEFAULT_PROCESSES = 4
+#: threads of all processes together per core in the default layout: a lone batch still gets
+#: two cores' share when a sibling process is idle (onnxruntime's workers do not spin, so an
+#: idle thread costs nothing); more would make loaded processes preempt each other's
+#: parallel-for
+THREADS_PER_CORE = 2
+
+
 @dataclass(frozen=True)
 class Layout:
-    """How a service process spends its CPU budget on a batched ONNX model."""
+    """How a service instance spends its CPU budget on batched ONNX models."""
 
     cores: int  # the budget (cpu_budget)
-    intra_op_threads: int  # onnxruntime threads per batch
-    inference_workers: int  # batches running at once
+    processes: int  # service processes sharing the port (SO_REUSEPORT, shared/supervisor.py)
+    intra_op_threads: int  # onnxruntime threads per batch, in each process
+    inference_workers: int  # batches running at once, in each process
     chosen_by: str  # "settings" where any part was set explicitly, else "default"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def choose_layout(cores: int, intra_op_threads: int = 0, inference_workers: int = 0) -> Layout:
-    """The layout for `cores`; a non-zero argument is an explicit setting and wins, and the
-    cores are split between the batches in flight (INFERENCE_WORKERS=2 alone on 4 cores: two
-    batches of 2 threads each, not 2 x 4 threads that oversubscribe the cores).
+def choose_layout(
+    cores: int, processes: int = 0, intra_op_threads: int = 0, inference_workers: int = 0
+) -> Layout:
+    """The layout for `cores`; a non-zero argument is an explicit setting and wins.
 
-    Default: one batch in flight with every core as intra-op threads. Measured with `make
-    bench-serve` on 2 cores (docs/performance.md) against one thread x two batches in flight
-    and against two processes x one thread on one port (REUSE_PORT): two batches in one
-    process were no reliable gain (0.79-1.6x, int8 lost at concurrency 8 and 32 in the last
-    run); two processes were the fastest at concurrency 32 in three of four runs (up to
-    2.0x), but a second process is not yet a default the runtime can keep every guarantee
-    for (metrics, per-process state), so it stays the operator's choice."""
-    explicit = bool(intra_op_threads or inference_workers)
+    Default: one process per core (at most MAX_DEFAULT_PROCESSES), one batch in flight in
+    each, and THREADS_PER_CORE x cores intra-op threads shared out between the processes and
+    their batches (never more than `cores` per batch). On 2 cores: 2 processes x 2 threads.
+    Measured with `make bench-serve` (docs/performance.md): against one process x 2 threads,
+    two processes serve more at concurrency 8 and 32 because one process's Python (HTTP,
+    decoding, batching) runs while the other's batch is in onnxruntime; against 2 processes x
+    1 thread, 2 threads each keep concurrency 1 as fast as one process with every core."""
+    explicit = bool(processes or intra_op_threads or inference_workers)
+    processes = processes or max(1, min(cores, MAX_DEFAULT_PROCESSES))
     workers = inference_workers or 1
-    threads = intra_op_threads or max(1, cores // workers)
-    return Layout(cores, threads, workers, "settings" if explicit else "default")
+    share = max(1, min(cores, THREADS_PER_CORE * cores // processes) if processes > 1 else cores)
+    threads = intra_op_threads or max(1, share // workers)
+    return Layout(cores, processes, threads, workers, "settings" if explicit else "default")
 
 
-def with_layout(service: Service, settings: ServingSettings) -> ServingSettings:
-    """`settings` with the layout's threads and workers filled in, for a service whose models
-    are all tensor (ONNX) models behind batched endpoints; other services (PyTorch replicas,
-    pipelines) keep their settings as they are. Explicit settings always win."""
+def laid_out(service: type[Service] | Service) -> bool:
+    """Whether the layout applies: every model a tensor (ONNX) model, behind batched endpoints.
+    Other services (PyTorch replicas, pipelines) keep their settings and one process."""
     from shared.service import Lane
 
     batched = any(e.lane is Lane.BATCHED for e in service.endpoints)
-    if not batched or not all(spec.tensor for spec in service.models):
-        return settings
+    return batched and all(spec.tensor for spec in service.models)
+
+
+def service_layout(service: type[Service] | Service, settings: ServingSettings) -> Layout:
+    """The layout of `service` under `settings` (explicit settings win); a service the layout
+    does not apply to, or that keeps state in each process, runs one process."""
     explicit = settings.model_fields_set
-    layout = choose_layout(
+    processes = settings.server_processes
+    if not processes and (service.single_process or not laid_out(service)):
+        processes = 1
+    return choose_layout(
         cpu_budget(),
+        processes,
         settings.onnx_intra_op_threads,
         settings.inference_workers if "inference_workers" in explicit else 0,
     )
-    update = {
-        "onnx_intra_op_threads": layout.intra_op_threads,
-        "inference_workers": layout.inference_workers,
-    }
+
+
+def with_layout(service: Service, settings: ServingSettings) -> ServingSettings:
+    """`settings` with the layout's processes, threads and workers filled in for a service the
+    layout applies to (`laid_out`); others get their process count only."""
+    layout = service_layout(service, settings)
+    update: dict[str, Any] = {"server_processes": layout.processes}
+    if laid_out(service):
+        update["onnx_intra_op_threads"] = layout.intra_op_threads
+        update["inference_workers"] = layout.inference_workers
     return settings.model_copy(update=update)

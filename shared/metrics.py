@@ -1,8 +1,22 @@
-"""Every Prometheus metric family a service exports, on a registry owned by one app."""
+"""Every Prometheus metric family a service exports, on a registry owned by one app.
+
+With several processes on one port (SERVER_PROCESSES, shared/supervisor.py) every process
+writes its values to PROMETHEUS_MULTIPROC_DIR and a scrape of any of them (or of the
+supervisor's METRICS_PORT) reads them all: counters and histograms add up over the
+processes, live gauges by the mode each declares (ready: the least, queue depth: the sum,
+model info: the most)."""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics_core import Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 # Latency buckets from 1 ms to 10 s: single-image ONNX inference sits in the low milliseconds,
 # diffusion and explanations in seconds.
@@ -36,6 +50,8 @@ class Metrics:
     def __init__(self, service: str) -> None:
         self.service = service
         self.registry = CollectorRegistry(auto_describe=True)
+        #: what /metrics exposes: this registry, or every process's values (multiprocess)
+        self.scrape = scrape_registry(self.registry)
         self.requests = Counter(
             "modelplane_requests_total",
             "HTTP requests handled, by route template, method and status code.",
@@ -68,6 +84,7 @@ class Metrics:
             "modelplane_model_info",
             "The models being served (value 1 for each active one).",
             ["service", "name", "version", "variant"],
+            multiprocess_mode="livemax",
             registry=self.registry,
         )
         self._served: dict[str, tuple[str, str, str]] = {}  # model key -> its label values
@@ -75,6 +92,7 @@ class Metrics:
             "modelplane_model_load_seconds",
             "Seconds the last successful model load took (fetch, verify, load, warm up).",
             ["service"],
+            multiprocess_mode="livemax",
             registry=self.registry,
         )
         self.model_load_failures = Counter(
@@ -101,6 +119,7 @@ class Metrics:
             "modelplane_queue_depth",
             "Requests waiting in the batch queue.",
             ["service"],
+            multiprocess_mode="livesum",
             registry=self.registry,
         )
         self.rejections = Counter(
@@ -114,6 +133,7 @@ class Metrics:
             "modelplane_ready",
             "1 when the service is ready to serve, else 0.",
             ["service"],
+            multiprocess_mode="livemin",
             registry=self.registry,
         )
         self.drift_statistic = Gauge(
@@ -122,6 +142,7 @@ class Metrics:
             "(test=features), total variation of predicted classes (test=classes) or MMD² of "
             "the feature rows (test=mmd).",
             ["service", "model", "test"],
+            multiprocess_mode="livemax",
             registry=self.registry,
         )
         self.drift_p_value = Gauge(
@@ -129,18 +150,21 @@ class Metrics:
             "p-value of the last drift test (features: Bonferroni-corrected over the columns; "
             "mmd: by permutation).",
             ["service", "model", "test"],
+            multiprocess_mode="livemin",
             registry=self.registry,
         )
         self.drift_detected = Gauge(
             "modelplane_drift_detected",
             "1 when the last drift test fell below DRIFT_P_VALUE, else 0.",
             ["service", "model", "test"],
+            multiprocess_mode="livemax",
             registry=self.registry,
         )
         self.drift_window_items = Gauge(
             "modelplane_drift_window_items",
             "Items in the sliding drift window.",
             ["service", "model"],
+            multiprocess_mode="livesum",
             registry=self.registry,
         )
         self.prediction_log_records = Counter(
@@ -198,6 +222,38 @@ class Metrics:
     def set_model(self, key: str, name: str, version: str, variant: str) -> None:
         """Model `key` now serves name/version/variant (its previous sample is removed)."""
         if (previous := self._served.get(key)) is not None:
-            self.model_info.remove(self.service, *previous)
+            if multiprocess_dir() is None:
+                self.model_info.remove(self.service, *previous)
+            else:  # a file per process cannot drop a sample: 0 is left out of scrapes
+                self.model_info.labels(self.service, *previous).set(0)
         self._served[key] = (name, version, variant)
         self.model_info.labels(self.service, name, version, variant).set(1)
+
+
+def multiprocess_dir() -> str | None:
+    """The directory every process of one instance writes its metric values to, if any."""
+    return os.environ.get(MULTIPROC_ENV) or None
+
+
+class AllProcesses(Collector):
+    """The values every process wrote to `directory`, less the model-info samples a process
+    set to 0 on a model swap (single-process, the sample is removed)."""
+
+    def __init__(self, directory: str) -> None:
+        self.collector = MultiProcessCollector(None, directory)
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self.collector.collect():
+            if family.name == "modelplane_model_info":
+                family.samples = [sample for sample in family.samples if sample.value > 0]
+            yield family
+
+
+def scrape_registry(registry: CollectorRegistry) -> CollectorRegistry:
+    """`registry`, or in multiprocess mode one that reads every process's values."""
+    directory = multiprocess_dir()
+    if directory is None:
+        return registry
+    aggregated = CollectorRegistry(auto_describe=False)
+    aggregated.register(AllProcesses(directory))
+    return aggregated

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
+from shared.layout import service_layout
 from shared.listener import accept_queue_length, listening_socket, refuse_new_connections
 from shared.logs import configure_logging, write_synchronously
 from shared.supervisor import is_worker
@@ -75,10 +76,11 @@ def run(
     except ValidationError as exc:  # a clear start-up error, never a traceback
         parser.exit(2, f"{parser.prog}: invalid settings: {settings_problems(exc)}\n")
     configure_logging(settings.log_level, settings.log_json)
-    if settings.server_processes > 1 and not is_worker():
+    layout = service_layout(service, settings)
+    if layout.processes > 1 and not is_worker():
         from shared.supervisor import supervise
 
-        return supervise(service, settings, sys.argv[1:] if argv is None else argv)
+        return supervise(service, settings, layout, sys.argv[1:] if argv is None else argv)
     # the catalog's gRPC port goes with the catalog's HTTP port: a process moved to another
     # port (tests, benchmarks, side-by-side runs) would collide on it, so it asks GRPC_PORT
     fallback = default_grpc_port if args.port == default_port else None

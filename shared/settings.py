@@ -52,12 +52,13 @@ class ServingSettings(BaseSettings):
         description="Batches that may run predict() at once (executor threads).",
     )
     server_processes: int = Field(
-        1,
-        ge=1,
+        0,
+        ge=0,
         le=64,
         description="Processes serving the port together (SO_REUSEPORT), each with its own "
-        "models and CPU budget / N intra-op threads; >1 needs METRICS_PORT (process i serves "
-        "its metrics on METRICS_PORT + i). See shared/supervisor.py.",
+        "models; their metrics are aggregated (Prometheus multiprocess mode). 0 = the layout's "
+        "choice from the CPU budget for batched ONNX services, else 1 (shared/layout.py, "
+        "shared/supervisor.py).",
     )
     preprocess_workers: int = Field(
         0, ge=0, le=64, description="Threads decoding and preprocessing requests; 0 = cores."

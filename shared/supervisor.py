@@ -1,23 +1,29 @@
-"""SERVER_PROCESSES > 1: several service processes on one port, started and stopped together.
+"""Several service processes on one port, started and stopped together.
 
-`python -m services.<name>` with SERVER_PROCESSES=N starts N copies of itself with REUSE_PORT
-(the kernel spreads connections across them; each joins the port once its models are ready,
-so readiness holds) and waits for them. What each guarantee becomes:
+`python -m services.<name>` starts the layout's processes (shared/layout.py: by default one
+per core for a batched ONNX service, or SERVER_PROCESSES=N) as copies of itself with
+REUSE_PORT (the kernel spreads connections across them; each joins the port once its models
+are ready, so readiness holds) and waits for them. What each guarantee becomes:
 
-- metrics: one scrape per process. Process i serves /metrics on METRICS_PORT + i, so
-  METRICS_PORT is required: on the shared main port a scrape would reach one process at
-  random and the counters would jump between them;
+- metrics: Prometheus multiprocess mode. Every process writes its values to one directory
+  (a fresh one per start, removed at exit; PROMETHEUS_MULTIPROC_DIR); /metrics on the main
+  port, whichever process answers, and METRICS_PORT (served by this process) read them all:
+  counters and histograms add up, live gauges by their mode (shared/metrics.py);
 - model swaps: every process follows the alias itself (RELOAD_INTERVAL_S), so for up to one
   interval two processes may answer from different versions (each answer names its version);
+- limits: MAX_IN_FLIGHT, MAX_QUEUE and RATE_LIMIT_RPS hold per process (the kernel spreads
+  connections evenly, so an instance admits about N times them);
 - graceful drain: SIGTERM/SIGINT to this process is passed on once to every child, which
   drains as a single process does (SHUTDOWN_DRAIN_S, then no request lost); this process
   exits when they all have, with the first non-zero status. Children get SIGTERM if this
   process dies (PR_SET_PDEATHSIG), and a child that dies alone stops the others, so the
   orchestrator sees one failed unit;
 - a service holding state of its own in each process (`Service.single_process`, e.g. the
-  similarity gallery that API calls add to) refuses to start with N > 1.
+  similarity gallery that API calls add to) runs one process by default and refuses
+  SERVER_PROCESSES > 1.
 
-Each child gets ONNX_INTRA_OP_THREADS = the CPU budget / N unless it is set.
+Each child computes the same layout (same CPU budget, same settings) and so its own intra-op
+threads and batches; MODELPLANE_WORKER_INDEX tells it that it is a child.
 """
 
 from __future__ import annotations
@@ -25,17 +31,23 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from shared.layout import cpu_budget
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.multiprocess import mark_process_dead
+
+from shared.metrics import MULTIPROC_ENV, AllProcesses, multiprocess_dir
 
 if TYPE_CHECKING:
+    from shared.layout import Layout
     from shared.service import Service
     from shared.settings import ServingSettings
 
@@ -50,19 +62,17 @@ def is_worker() -> bool:
     return WORKER_ENV in os.environ
 
 
-def check(service: Service, settings: ServingSettings) -> None:
-    """Refuse a layout of several processes that would break a guarantee (SystemExit)."""
-    count = settings.server_processes
+def worker_index() -> int:
+    """This process's index among its instance's processes (0 when it runs alone)."""
+    return int(os.environ.get(WORKER_ENV, "0"))
+
+
+def check(service: Service, processes: int) -> None:
+    """Refuse several processes where they would break a guarantee (SystemExit)."""
     if service.single_process:
         raise SystemExit(
             f"{service.name} keeps state in each process (it is declared single_process); "
-            f"SERVER_PROCESSES={count} would split it: run one process per instance"
-        )
-    if settings.metrics_port is None:
-        raise SystemExit(
-            f"SERVER_PROCESSES={count} needs METRICS_PORT: process i serves its metrics on "
-            "METRICS_PORT + i (one scrape per process); on the shared port a scrape would "
-            "reach one process at random"
+            f"SERVER_PROCESSES={processes} would split it: run one process per instance"
         )
 
 
@@ -76,22 +86,36 @@ def _die_with_parent(libc: ctypes.CDLL) -> Callable[[], None]:
     return arm
 
 
-def supervise(service: Service, settings: ServingSettings, argv: list[str]) -> int:
-    """Start SERVER_PROCESSES children running `python -m services.<name> argv` and wait."""
-    check(service, settings)
-    count = settings.server_processes
-    assert settings.metrics_port is not None  # check() refused otherwise
-    threads = settings.onnx_intra_op_threads or max(1, cpu_budget() // count)
+def supervise(
+    service: Service | type[Service], settings: ServingSettings, layout: Layout, argv: list[str]
+) -> int:
+    """Start the layout's processes running `python -m services.<name> argv` and wait."""
+    check(service, layout.processes)
+    own_dir = multiprocess_dir() is None
+    metrics_dir = tempfile.mkdtemp(prefix="modelplane-metrics-") if own_dir else multiprocess_dir()
+    assert metrics_dir is not None
+    try:
+        return _run_children(service, settings, layout, argv, metrics_dir)
+    finally:
+        if own_dir:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _run_children(
+    service: Service | type[Service],
+    settings: ServingSettings,
+    layout: Layout,
+    argv: list[str],
+    metrics_dir: str,
+) -> int:
     children: list[subprocess.Popen[bytes]] = []
     arm = _die_with_parent(ctypes.CDLL(None)) if sys.platform == "linux" else None
-    for index in range(count):
+    for index in range(layout.processes):
         env = {
             **os.environ,
             WORKER_ENV: str(index),
             "REUSE_PORT": "true",
-            "SERVER_PROCESSES": "1",
-            "METRICS_PORT": str(settings.metrics_port + index),
-            "ONNX_INTRA_OP_THREADS": str(threads),
+            MULTIPROC_ENV: metrics_dir,
         }
         command = [sys.executable, "-m", f"services.{service.name}", *argv]
         # own session: a terminal's Ctrl-C reaches this process only, which passes it on once
@@ -103,12 +127,18 @@ def supervise(service: Service, settings: ServingSettings, argv: list[str]) -> i
                 preexec_fn=arm,
             )
         )
+    exporter = None
+    if settings.metrics_port is not None:
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(AllProcesses(metrics_dir))
+        exporter, _ = start_http_server(settings.metrics_port, settings.metrics_addr, registry)
     log.info(
-        "%d processes x %d intra-op threads on one port (REUSE_PORT), metrics on ports %d-%d",
-        count,
-        threads,
-        settings.metrics_port,
-        settings.metrics_port + count - 1,
+        "%d processes x %d intra-op threads x %d batches on one port (REUSE_PORT), metrics "
+        "of all of them on %s",
+        layout.processes,
+        layout.intra_op_threads,
+        layout.inference_workers,
+        f"port {settings.metrics_port}" if exporter is not None else "/metrics",
     )
     stopping = False
 
@@ -121,12 +151,20 @@ def supervise(service: Service, settings: ServingSettings, argv: list[str]) -> i
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    dead: set[int] = set()
     while any(child.poll() is None for child in children):
         exited = [child for child in children if child.poll() is not None]
+        for child in exited:
+            if child.pid not in dead:  # its live gauges (ready, queue depth) leave the sums
+                dead.add(child.pid)
+                mark_process_dead(child.pid, metrics_dir)
         if exited and not stopping:
             log.error("a service process exited with %d: stopping the others", exited[0].returncode)
             forward(signal.SIGTERM, None)
         time.sleep(0.1)
+    if exporter is not None:
+        exporter.shutdown()
+        exporter.server_close()
     # a child stopped by the signal passed on to it (uvicorn re-raises it) ended cleanly
     clean = {0, -signal.SIGTERM, -signal.SIGINT} if stopping else {0}
     return next((abs(c) or 1 for c in (ch.returncode for ch in children) if c not in clean), 0)

@@ -18,6 +18,9 @@ import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+#: services the tests start run one process unless a test asks for more ("0": the layout's
+#: default, tests/integration/test_server_processes.py): half the start-up CPU on 2 cores
+ONE_PROCESS = {"SERVER_PROCESSES": "1"}
 T = TypeVar("T")
 
 
@@ -89,7 +92,7 @@ def running(
         proc = subprocess.Popen(
             cmd,
             cwd=ROOT,
-            env={**os.environ, **(env or {})},
+            env={**os.environ, **ONE_PROCESS, **(env or {})},
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -108,7 +111,7 @@ def run_module(
         proc = subprocess.Popen(
             [sys.executable, "-m", module, *args],
             cwd=ROOT,
-            env={**os.environ, **env},
+            env={**os.environ, **ONE_PROCESS, **env},
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,

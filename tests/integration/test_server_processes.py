@@ -1,102 +1,144 @@
-"""SERVER_PROCESSES: one command, several processes on one port, one metrics scrape each."""
+"""Several processes on one port: the default layout, metrics of all of them in one scrape."""
 
 from __future__ import annotations
 
-import os
 import re
 import signal
-import subprocess
 import sys
 from pathlib import Path
 
 import httpx
 import numpy as np
 
-from tests.procs import ROOT, free_port, poll_until, running, tail, wait_http
+from shared.layout import choose_layout, cpu_budget
+from tests.procs import free_port, poll_until, running, tail, wait_http
 from tests.tinymodels import seed_cache
 from tests.unit.conftest import DEAD_REGISTRY, png_bytes
 
 CLASSIFIED = re.compile(
     r'^modelplane_requests_total\{[^}]*route="/v1/classify"[^}]*status="200"[^}]*\} (\S+)$', re.M
 )
+READY = re.compile(r'^modelplane_ready\{service="classify"\} (\S+)$', re.M)
+MODEL_INFO = re.compile(r"^modelplane_model_info\{.*\} (\S+)$", re.M)
 
-READY = 'modelplane_ready{service="classify"} 1.0'
+
+def scrape(url: str) -> str:
+    return httpx.get(f"{url}/metrics", timeout=5).text
 
 
-def classified(metrics_url: str) -> int:
-    """Successful /v1/classify requests one process counted."""
-    text = httpx.get(f"{metrics_url}/metrics", timeout=5).text
+def classified(text: str) -> int:
+    """Successful /v1/classify requests in one scrape."""
     return int(sum(float(value) for value in CLASSIFIED.findall(text)))
 
 
-def test_two_processes_answer_and_each_counts_its_own_requests(tmp_path: Path) -> None:
+def ready(url: str) -> bool:
+    try:
+        return [float(v) for v in READY.findall(scrape(url))] == [1.0]
+    except httpx.HTTPError:
+        return False
+
+
+def start(
+    tmp_path: Path, processes: str, metrics_port: int | None = None
+) -> tuple[list[str], Path, dict[str, str], str]:
     cache = tmp_path / "cache"
     seed_cache(cache)
-    port, metrics = free_port(), free_port()
-    while metrics + 1 == port:  # process 1 takes metrics + 1
-        metrics = free_port()
+    port = free_port()
     env = {
         "MLFLOW_TRACKING_URI": DEAD_REGISTRY,
         "MODEL_CACHE_DIR": str(cache),
-        "SERVER_PROCESSES": "2",
-        "METRICS_PORT": str(metrics),
+        "SERVER_PROCESSES": processes,
         "SHUTDOWN_DRAIN_S": "0",
         "LOG_JSON": "true",
+        "TMPDIR": str(tmp_path),  # where the supervisor makes its metrics directory
+        **({"METRICS_PORT": str(metrics_port)} if metrics_port else {}),
     }
     cmd = [sys.executable, "-m", "services.classify", "--port", str(port)]
-    log = tmp_path / "service.log"
+    return cmd, tmp_path / "service.log", env, f"http://127.0.0.1:{port}"
+
+
+def classify_on_new_connections(url: str, count: int) -> list[int]:
+    """`count` classifications, each on a new connection (the kernel picks a process per
+    connection); the process index that answered GET /v1/model on each."""
+    body = png_bytes(np.full((8, 8), 200, np.uint8))
+    indices = []
+    for _ in range(count):
+        kind = {"content-type": "image/png"}
+        answer = httpx.post(f"{url}/v1/classify", content=body, headers=kind)
+        assert answer.status_code == 200, answer.text
+        indices.append(httpx.get(f"{url}/v1/model").json()["layout"]["process_index"])
+    return indices
+
+
+def every_process_answering(url: str, processes: int, log: Path) -> None:
+    """Until GET /v1/model, each on a new connection, has come from every process (each
+    joins the port once its models are ready)."""
+    seen: set[int] = set()
+
+    def all_seen() -> bool:
+        seen.add(httpx.get(f"{url}/v1/model").json()["layout"]["process_index"])
+        return len(seen) == processes
+
+    poll_until(all_seen, 90, f"answers from {processes} processes\n{tail(log)}")
+
+
+def metrics_dirs(tmp_path: Path) -> list[Path]:
+    return list(tmp_path.glob("modelplane-metrics-*"))
+
+
+def test_two_processes_share_the_port_and_one_scrape_counts_them_all(tmp_path: Path) -> None:
+    cmd, log, env, url = start(tmp_path, "2")
     with running(cmd, log, env) as proc:
-        for scrape in (metrics, metrics + 1):  # every process serves its own scrape
-            wait_http(f"http://127.0.0.1:{scrape}/metrics", proc, log, timeout_s=90)
-            poll_until(
-                lambda s=scrape: READY in httpx.get(f"http://127.0.0.1:{s}/metrics").text,
-                90,
-                f"process on metrics port {scrape} ready\n{tail(log)}",
-            )
-        url = f"http://127.0.0.1:{port}"
-        body = png_bytes(np.full((8, 8), 200, np.uint8))
-        sent = 0
-        for _ in range(60):  # a new connection each: the kernel picks a process per connection
-            answer = httpx.post(
-                f"{url}/v1/classify", content=body, headers={"content-type": "image/png"}
-            )
-            assert answer.status_code == 200, answer.text
-            sent += 1
-        counts = [classified(f"http://127.0.0.1:{m}") for m in (metrics, metrics + 1)]
-        assert sum(counts) == sent, counts  # one scrape per process adds up to the traffic
-        assert all(count > 0 for count in counts), counts  # both processes served
+        wait_http(f"{url}/readyz", proc, log, timeout_s=90)
+        every_process_answering(url, 2, log)
+        assert ready(url)  # the least over the live processes: 1 once both have loaded
+        assert len(metrics_dirs(tmp_path)) == 1
+        indices = classify_on_new_connections(url, 40)
+        assert set(indices) == {0, 1}, indices  # both processes served
+        for _ in range(6):  # whichever process answers the scrape reads every process's files
+            text = scrape(url)
+            assert classified(text) == 40, text
+            assert [float(v) for v in MODEL_INFO.findall(text)] == [1.0]  # livemax: one model
         model = httpx.get(f"{url}/v1/model").json()
-        assert model["threads"]["onnx_intra_op"] >= 1
+        assert (model["layout"]["processes"], model["layout"]["chosen_by"]) == (2, "settings")
+        assert model["threads"]["onnx_intra_op"] == model["layout"]["intra_op_threads"] >= 1
 
         proc.send_signal(signal.SIGTERM)  # passed on to both; all of them stop
         assert proc.wait(timeout=30) == 0, tail(log)
-
-        def refused() -> bool:
-            try:
-                httpx.get(f"http://127.0.0.1:{metrics + 1}/metrics", timeout=1)
-            except httpx.HTTPError:
-                return True
-            return False
-
-        poll_until(refused, 10, "the second process gone with the first")
+    assert metrics_dirs(tmp_path) == [], "the metrics directory outlived the instance"
 
 
-def test_several_processes_need_a_metrics_port(tmp_path: Path) -> None:
-    env = {"MLFLOW_TRACKING_URI": DEAD_REGISTRY, "SERVER_PROCESSES": "2"}
-    cmd = [sys.executable, "-m", "services.classify", "--port", str(free_port())]
-    assert "needs METRICS_PORT" in refusal(cmd, env)
+def test_the_default_layout_and_the_metrics_port_of_the_supervisor(tmp_path: Path) -> None:
+    metrics_port = free_port()
+    cmd, log, env, url = start(tmp_path, "0", metrics_port)
+    metrics_url = f"http://127.0.0.1:{metrics_port}"
+    with running(cmd, log, env) as proc:
+        wait_http(f"{url}/readyz", proc, log, timeout_s=90)
+        expected = choose_layout(cpu_budget()).to_dict()
+        every_process_answering(url, expected["processes"], log)
+        assert ready(metrics_url)
+        layout = httpx.get(f"{url}/v1/model").json()["layout"]
+        assert {key: layout[key] for key in expected} == expected
+        classify_on_new_connections(url, 12)
+        assert classified(scrape(metrics_url)) == 12
+        assert httpx.get(f"{url}/metrics").status_code == 404  # only on METRICS_PORT
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0, tail(log)
+
+    def refused() -> bool:
+        try:
+            httpx.get(f"{metrics_url}/metrics", timeout=1)
+        except httpx.HTTPError:
+            return True
+        return False
+
+    poll_until(refused, 10, "the metrics port closed with the instance")
 
 
 def test_similarity_refuses_several_processes(tmp_path: Path) -> None:
-    env = {"MLFLOW_TRACKING_URI": DEAD_REGISTRY, "SERVER_PROCESSES": "2", "METRICS_PORT": "9"}
+    env = {"MLFLOW_TRACKING_URI": DEAD_REGISTRY, "SERVER_PROCESSES": "2"}
     cmd = [sys.executable, "-m", "services.similarity", "--port", str(free_port())]
-    assert "single_process" in refusal(cmd, env)
-
-
-def refusal(cmd: list[str], env: dict[str, str]) -> str:
-    """Run a service command that must refuse to start; its output."""
-    done = subprocess.run(
-        cmd, cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True, timeout=60
-    )
-    assert done.returncode != 0, done.stdout
-    return done.stderr + done.stdout
+    log = tmp_path / "similarity.log"
+    with running(cmd, log, env) as proc:
+        assert proc.wait(timeout=60) != 0
+    assert "single_process" in log.read_text()

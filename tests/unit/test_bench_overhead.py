@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
-from loadtests.overhead import group_cpu_s, group_pids, model_cpu_per_item_s, write_tiny_bundle
+from loadtests.overhead import model_cpu_per_item_s, tree_cpu_s, tree_pids, write_tiny_bundle
 from shared.bundle import open_bundle
 from shared.onnx import OnnxModel
 
@@ -19,12 +21,17 @@ def test_tiny_bundle_is_verified_and_passes_its_smoke_test(tmp_path: Path) -> No
     assert 0 < model_cpu_per_item_s(bundle_dir, "fp32", 1, 32) < 1e-3  # overhead-bound
 
 
-def test_group_cpu_counts_this_process_group_as_it_works() -> None:
-    group = {os.getpgrp()}
-    assert os.getpid() in group_pids(group)
-    before = group_cpu_s(group)
-    deadline = time.process_time() + 0.2
-    while time.process_time() < deadline:
-        pass
-    assert group_cpu_s(group) - before >= 0.1
-    assert group_cpu_s({-12345}) == 0.0
+def test_tree_cpu_counts_a_child_in_a_session_of_its_own(tmp_path: Path) -> None:
+    burn = "import time\nt = time.process_time() + 0.3\nwhile time.process_time() < t: pass\n"
+    child = subprocess.Popen([sys.executable, "-c", burn], start_new_session=True)
+    try:
+        assert child.pid in tree_pids({os.getpid()})
+        before = tree_cpu_s({os.getpid()})
+        deadline = time.process_time() + 0.2
+        while time.process_time() < deadline:
+            pass
+        assert tree_cpu_s({os.getpid()}) - before >= 0.1
+    finally:
+        child.wait(timeout=30)
+    assert tree_cpu_s({-12345}) == 0.0
+    assert child.pid not in tree_pids({os.getpid()})  # exited

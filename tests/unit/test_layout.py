@@ -6,7 +6,16 @@ from pathlib import Path
 
 import pytest
 
-from shared.layout import affinity_cores, cgroup_quota, choose_layout, cpu_budget, with_layout
+from shared.layout import (
+    MAX_DEFAULT_PROCESSES,
+    Layout,
+    affinity_cores,
+    cgroup_quota,
+    choose_layout,
+    cpu_budget,
+    service_layout,
+    with_layout,
+)
 from shared.settings import ServingSettings
 
 
@@ -37,44 +46,55 @@ def test_budget_is_the_quota_rounded_up_never_above_affinity(tmp_path: Path) -> 
     assert cpu_budget(tmp_path / "missing") == affinity_cores()
 
 
-def test_default_layout_is_one_batch_over_every_core() -> None:
-    layout = choose_layout(2)
-    assert (layout.intra_op_threads, layout.inference_workers, layout.chosen_by) == (
-        2,
-        1,
-        "default",
+def shape(layout: Layout) -> tuple[int, int, int, str]:
+    return (layout.processes, layout.intra_op_threads, layout.inference_workers, layout.chosen_by)
+
+
+def test_default_layout_is_a_process_per_core_with_two_threads_per_core_in_all() -> None:
+    assert shape(choose_layout(1)) == (1, 1, 1, "default")
+    assert shape(choose_layout(2)) == (2, 2, 1, "default")  # a lone batch still gets 2 cores
+    assert shape(choose_layout(4)) == (4, 2, 1, "default")
+    assert shape(choose_layout(16)) == (MAX_DEFAULT_PROCESSES, 8, 1, "default")  # models x4
+
+
+def test_one_process_gets_every_core_and_its_batches_split_them() -> None:
+    assert shape(choose_layout(4, processes=1)) == (1, 4, 1, "settings")
+    assert shape(choose_layout(4, processes=1, inference_workers=2)) == (1, 2, 2, "settings")
+    assert (
+        choose_layout(4, processes=1, intra_op_threads=1, inference_workers=3).inference_workers
+        == 3
     )
-    assert choose_layout(1).intra_op_threads == 1
 
 
-def test_explicit_threads_alone_keep_one_batch_in_flight() -> None:
-    layout = choose_layout(4, intra_op_threads=4)
-    assert (layout.intra_op_threads, layout.inference_workers, layout.chosen_by) == (
-        4,
-        1,
-        "settings",
-    )
+def test_explicit_threads_and_workers_win_over_the_share() -> None:
+    assert shape(choose_layout(2, intra_op_threads=1)) == (2, 1, 1, "settings")
+    assert shape(choose_layout(4, inference_workers=2)) == (4, 1, 2, "settings")
+    assert shape(choose_layout(2, processes=3)) == (3, 1, 1, "settings")
 
 
-def test_explicit_workers_split_the_cores_between_them() -> None:
-    assert choose_layout(4, inference_workers=2).intra_op_threads == 2
-    assert choose_layout(4, intra_op_threads=1, inference_workers=3).inference_workers == 3
-
-
-def test_classify_splits_the_budget_between_the_batches_in_flight() -> None:
+def test_classify_gets_the_layout_of_its_budget() -> None:
     from services.classify.service import ClassifyService
 
     cores = cpu_budget()
+    default = choose_layout(cores)
     chosen = with_layout(ClassifyService(), ServingSettings(model_uri="models:/classify/1"))
-    assert (chosen.intra_op_threads(), chosen.inference_workers) == (cores, 1)
-    split = with_layout(ClassifyService(), ServingSettings(inference_workers=2))
-    assert (split.intra_op_threads(), split.inference_workers) == (max(1, cores // 2), 2)
+    assert (chosen.server_processes, chosen.intra_op_threads(), chosen.inference_workers) == (
+        default.processes,
+        default.intra_op_threads,
+        1,
+    )
+    assert service_layout(ClassifyService, ServingSettings()).chosen_by == "default"
+    alone = with_layout(ClassifyService(), ServingSettings(server_processes=1, inference_workers=2))
+    assert (alone.intra_op_threads(), alone.inference_workers) == (max(1, cores // 2), 2)
     pinned = with_layout(ClassifyService(), ServingSettings(onnx_intra_op_threads=2))
     assert (pinned.intra_op_threads(), pinned.inference_workers) == (2, 1)
-    both = with_layout(
-        ClassifyService(), ServingSettings(onnx_intra_op_threads=1, inference_workers=3)
-    )
-    assert (both.intra_op_threads(), both.inference_workers) == (1, 3)
+
+
+def test_a_service_with_state_of_its_own_in_each_process_runs_one() -> None:
+    from services.similarity.service import SimilarityService
+
+    assert SimilarityService.single_process
+    assert service_layout(SimilarityService, ServingSettings()).processes == 1
 
 
 def test_services_without_batched_onnx_models_keep_their_settings() -> None:
@@ -86,3 +106,4 @@ def test_services_without_batched_onnx_models_keep_their_settings() -> None:
         settings.onnx_intra_op_threads,
         settings.inference_workers,
     )
+    assert service_layout(ExplainService, settings).processes == 1
