@@ -17,6 +17,7 @@ from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import start_http_server
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from shared.admission import Admission
 from shared.errors import UnauthorizedError
@@ -78,13 +79,45 @@ def service_settings(service: Service, settings: ServingSettings | None) -> Serv
     return wanted(**settings.model_dump(exclude_unset=True))
 
 
+class ServiceApp(FastAPI):
+    """A FastAPI app with the serving middleware in front of FastAPI's own stack.
+
+    Every request meets ServingMiddleware first (request id, admission, body limit, metrics,
+    access log), then a batched POST goes straight to its handler (shared/fastpath.py) and
+    anything else through FastAPI's middleware (error pages, its body limit, exception
+    handlers) and router, as a plain FastAPI app. Behind FastAPI's stack each layer wraps
+    send and receive once more: about a tenth of the event loop's time per request on a
+    fast model (docs/performance.md)."""
+
+    front: ASGIApp | None = None
+    serving: dict[str, Any]  # ServingMiddleware's arguments
+
+    def serve_inside_stack(self) -> None:
+        """ServingMiddleware as an ordinary middleware of FastAPI's stack, without the fast
+        path: tracing (shared/tracing.py) puts its span around the stack, and the span must
+        see what the middleware does (its x-request-id)."""
+        if self.front is not None:
+            self.front = None
+            self.add_middleware(ServingMiddleware, **self.serving)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.front is None:
+            await super().__call__(scope, receive, send)
+        else:
+            await self.front(scope, receive, send)
+
+    async def stack(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """FastAPI's own middleware stack and router."""
+        await super().__call__(scope, receive, send)
+
+
 def create_app(
     service: Service | type[Service],
     settings: ServingSettings | None = None,
     *,
     load: bool = True,
     grpc: GrpcListen | None = None,
-) -> FastAPI:
+) -> ServiceApp:
     """Build a service app: lifespan loading, health, metrics, errors, limits, docs and the
     declared endpoints. `load=False` leaves loading to the caller (tests drive it directly);
     `grpc` also serves the tensor models over gRPC there (shared/grpcserver.py)."""
@@ -137,7 +170,7 @@ def create_app(
             if task is not None:
                 await asyncio.wait({task}, timeout=5)
 
-    app = FastAPI(
+    app = ServiceApp(
         title=f"modelplane {name}",
         version="0.1.0",
         lifespan=lifespan,
@@ -157,15 +190,15 @@ def create_app(
         settings.max_in_flight, settings.rate_limit_rps, settings.rate_limit_burst
     )
     install_error_handlers(app)
-    # inside ServingMiddleware (added after it is outer): ids, admission, limits, metrics first
-    app.add_middleware(BatchedFastPath, fastapi_app=app, runtime=runtime)
-    app.add_middleware(
-        ServingMiddleware,
-        metrics=metrics,
-        max_body_bytes=settings.max_body_bytes,
-        admission=app.state.admission,
-        model_version=lambda: runtime.current.version if runtime.current else None,
-    )
+    serving: dict[str, Any] = {
+        "metrics": metrics,
+        "max_body_bytes": settings.max_body_bytes,
+        "admission": app.state.admission,
+        "model_version": lambda: runtime.current.version if runtime.current else None,
+    }
+    app.serving = serving
+    # ids, admission, limits, metrics first; then the fast path, else FastAPI's stack
+    app.front = ServingMiddleware(BatchedFastPath(app.stack, app, runtime), **serving)
     _add_docs(app)
     add_health(app, runtime, layout, protection(settings))
     protected = protection(settings)

@@ -33,7 +33,8 @@ if TYPE_CHECKING:
 
 
 class BatchedFastPath:
-    """ASGI middleware (inside ServingMiddleware): batched POSTs straight to their handler."""
+    """ASGI middleware (behind ServingMiddleware, in front of FastAPI's stack: shared/app.py):
+    batched POSTs straight to their handler."""
 
     def __init__(self, app: ASGIApp, fastapi_app: FastAPI, runtime: ModelRuntime) -> None:
         self.app = app
@@ -73,6 +74,7 @@ class BatchedFastPath:
             await self.app(scope, receive, send)
             return
         endpoint, route, query = found
+        scope["app"] = self.fastapi_app  # as Starlette sets it: handlers read request.app
         scope["route"] = route  # the metrics' route template, as routing would set it
         scope["endpoint"] = route.endpoint
         scope["path_params"] = {}

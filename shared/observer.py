@@ -24,6 +24,7 @@ from shared.drift import DriftMonitor, DriftReference, Verdict, features_of
 from shared.metrics import Metrics
 from shared.predlog import CloudEventsSink, JsonlSink, PredictionLog, Sink, record, summarize_input
 from shared.settings import ServingSettings
+from shared.supervisor import is_worker, worker_index
 
 if TYPE_CHECKING:
     from shared.slots import LoadedModel
@@ -212,7 +213,9 @@ def _prediction_log(settings: ServingSettings, metrics: Metrics) -> PredictionLo
             settings.prediction_log_url, metrics.service, settings.prediction_log_timeout_s
         )
     else:
-        path = settings.prediction_log_dir / f"{metrics.service}.jsonl"
+        # several processes on one port (shared/supervisor.py) each rotate a file of their own
+        name = f"{metrics.service}-{worker_index()}" if is_worker() else metrics.service
+        path = settings.prediction_log_dir / f"{name}.jsonl"
         sink = JsonlSink(path, settings.prediction_log_max_bytes, settings.prediction_log_backups)
     log.info(
         "prediction log: %.0f%% of requests to %s",

@@ -11,6 +11,7 @@ import inspect
 import time
 from typing import Annotated, Any
 
+import orjson
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel
@@ -36,7 +37,9 @@ def build_router(service: Service, runtime: ModelRuntime) -> APIRouter:
             summary=endpoint.summary,
             description=endpoint.description,
             response_model=endpoint.response,
-            response_class=JSONResponse if endpoint.media_type == "application/json" else Response,
+            response_class=(
+                OrjsonResponse if endpoint.media_type == "application/json" else Response
+            ),
             responses=_responses(endpoint),
             openapi_extra=_openapi_body(endpoint),
         )
@@ -58,6 +61,14 @@ def _openapi_body(endpoint: Endpoint) -> dict[str, Any] | None:
     if endpoint.openapi_body is not None:
         return endpoint.openapi_body
     return json_body(endpoint.body) if endpoint.body is not None else None
+
+
+class OrjsonResponse(JSONResponse):
+    """JSON written by orjson (numpy scalars and arrays as they are): a few times faster than
+    json.dumps on an answer's event-loop time. A non-finite float is written as null."""
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 def _handler(endpoint: Endpoint, runtime: ModelRuntime) -> Any:
@@ -147,4 +158,4 @@ def _answer(
     body = _fields(endpoint, runtime, loaded, output, parsed)
     if endpoint.media_type != "application/json":
         return Response(body, media_type=endpoint.media_type)
-    return JSONResponse(body)
+    return OrjsonResponse(body)

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -27,6 +28,16 @@ from shared.slots import UNCHECKED, LoadedModel, ModelSlot, challenger_source
 from shared.sources import LOCAL_VERSION, LocalSource, RegistrySource
 
 log = logging.getLogger("modelplane.service")
+
+
+#: weight of the newest preprocess time in its route's moving average
+COST_WEIGHT = 0.2
+
+
+def _timed(run: Callable[[Any], Any], request: Any) -> tuple[Any, float]:
+    """`run(request)` and the seconds it took (in a worker thread)."""
+    started = time.perf_counter()
+    return run(request), time.perf_counter() - started
 
 
 class ModelRuntime:
@@ -49,6 +60,8 @@ class ModelRuntime:
             max_workers=settings.inference_workers, thread_name_prefix=f"{self.service_name}-infer"
         )
         self.preprocess_workers = settings.preprocess_workers or available_cores()
+        self.inline_preprocess_s = settings.preprocess_inline_us / 1e6
+        self._preprocess_cost: dict[str, float] = {}  # route -> moving average, seconds
         self.preprocess_pool = ThreadPoolExecutor(
             max_workers=self.preprocess_workers, thread_name_prefix=f"{self.service_name}-pre"
         )
@@ -365,21 +378,44 @@ class ModelRuntime:
     async def preprocess(
         self, endpoint: Endpoint, loaded: LoadedModel, request: Any, batched: bool
     ) -> Any:
-        """The endpoint's preprocess in a worker thread (timed); the request itself if none."""
+        """The endpoint's preprocess (timed); the request itself if none.
+
+        Cheap preprocessing (a small image decoded, a short text tokenized) runs right here
+        on the event loop: the hand-off to a worker thread and back (two wake-ups and two
+        GIL switches) cost more than the work itself, about half the server's CPU per request
+        on a fast model (docs/performance.md). An endpoint whose moving average passes
+        PREPROCESS_INLINE_US goes to the preprocess workers until it is cheap again, so large
+        inputs do not hold up the loop."""
         if endpoint.preprocess is None:
             return request
-        loop = asyncio.get_running_loop()
+        run = bound(loaded.model, endpoint.preprocess)
+        path = endpoint.path
         started = time.perf_counter()
+        inline = self.inline_preprocess_s
+        if inline > 0 and self._preprocess_cost.get(path, 0.0) <= inline:
+            try:
+                return run(request)
+            finally:
+                took = time.perf_counter() - started
+                self._preprocessed(path, took, took)
         if batched:
             self.arriving += 1  # a batch being collected waits for this one (max_delay_ms)
+        own = None
         try:
-            return await loop.run_in_executor(
-                self.preprocess_pool, bound(loaded.model, endpoint.preprocess), request
-            )
+            loop = asyncio.get_running_loop()
+            result, own = await loop.run_in_executor(self.preprocess_pool, _timed, run, request)
+            return result
         finally:
             if batched:
                 self.arriving -= 1  # no await between here and submit()'s enqueue
-            self.stage(endpoint.path, "preprocess", time.perf_counter() - started)
+            took = time.perf_counter() - started
+            self._preprocessed(path, took, took if own is None else own)
+
+    def _preprocessed(self, path: str, took: float, own: float) -> None:
+        """Record a preprocess stage (`took`, hand-offs included) and its own cost."""
+        self.stage(path, "preprocess", took)
+        average = self._preprocess_cost.get(path, own)
+        self._preprocess_cost[path] = average + (own - average) * COST_WEIGHT
 
     async def submit(
         self,
@@ -437,9 +473,9 @@ class ModelRuntime:
         """One request of `loaded` in the per-version metrics (role: production, challenger
         or shadow)."""
         labels = (self.service_name, loaded.key, loaded.version, role)
-        self.metrics.model_requests.labels(*labels, "ok" if ok else "error").inc()
+        self.metrics.child(self.metrics.model_requests, *labels, "ok" if ok else "error").inc()
         if ok:
-            self.metrics.model_latency.labels(*labels).observe(seconds)
+            self.metrics.child(self.metrics.model_latency, *labels).observe(seconds)
 
     async def _shadow(
         self,
@@ -513,7 +549,9 @@ class ModelRuntime:
         self.metrics.shadows.labels(self.service_name, production.key, "compared").inc()
 
     def stage(self, route: str, stage: str, seconds: float) -> None:
-        self.metrics.stage_duration.labels(self.service_name, route, stage).observe(seconds)
+        self.metrics.child(self.metrics.stage_duration, self.service_name, route, stage).observe(
+            seconds
+        )
 
     def pool(self, name: str) -> WorkPool:
         return self.pools[name]

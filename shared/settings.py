@@ -63,6 +63,14 @@ class ServingSettings(BaseSettings):
     preprocess_workers: int = Field(
         0, ge=0, le=64, description="Threads decoding and preprocessing requests; 0 = cores."
     )
+    preprocess_inline_us: float = Field(
+        300.0,
+        ge=0,
+        le=1_000_000,
+        description="An endpoint whose preprocessing has lately taken at most this long (a "
+        "moving average, in microseconds) preprocesses on the event loop, without the hand-off "
+        "to PREPROCESS_WORKERS and back; 0 = always on the workers.",
+    )
     max_batch_size: int = Field(
         32, ge=1, le=1024, description="Largest dynamic batch; 1 turns batching off."
     )

@@ -56,6 +56,8 @@ def instrument(
     from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
     provider = provider or default_provider(service)
+    if (inside := getattr(app, "serve_inside_stack", None)) is not None:
+        inside()  # shared.app.ServiceApp: the span must wrap the serving middleware too
     FastAPIInstrumentor.instrument_app(
         app,
         tracer_provider=provider,

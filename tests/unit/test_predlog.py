@@ -23,6 +23,7 @@ from shared.app import create_app
 from shared.metrics import Metrics
 from shared.predlog import EVENT_TYPE, CloudEventsSink, JsonlSink, PredictionLog
 from shared.settings import ServingSettings
+from shared.supervisor import WORKER_ENV
 from tests.procs import poll_until
 from tests.tinydrift import CLEAN, digit_pixels, model_inputs, pngs, seed_drift_cache
 from tests.unit.conftest import DEAD_REGISTRY, wait_ready
@@ -226,3 +227,16 @@ def test_cloudevents_sink_gives_up_after_its_timeout() -> None:
         with pytest.raises(OSError):
             sink.write(record)
         assert time.perf_counter() - started < 5
+
+
+def test_each_process_of_an_instance_writes_a_file_of_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(WORKER_ENV, "1")  # process 1 of several on one port
+    image = digit_pixels(CLEAN[:1])
+    with serving(settings_for(tmp_path)) as client:
+        wait_ready(client)
+        assert client.post("/v1/classify", content=pngs(image)[0], headers=PNG).status_code == 200
+        (record,) = lines(tmp_path / "predictions" / "classify-1.jsonl", 1)
+    assert record["endpoint"] == "/v1/classify"
+    assert not (tmp_path / "predictions" / "classify.jsonl").exists()  # no shared rotation

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,7 @@ class TextBody(RequestBody):
 
 GATE = threading.Event()  # the slow model's work waits on it: "a call is running"
 RUNNING = threading.Event()
+PREPROCESSED_ON: list[str] = []  # the thread each preprocess ran on
 
 
 class Weights(ModelService):
@@ -59,6 +61,9 @@ class Weights(ModelService):
         self.variant = variant
 
     def words(self, body: TextBody) -> list[list[str]]:
+        PREPROCESSED_ON.append(threading.current_thread().name)
+        if "heavy" in body.text:
+            time.sleep(0.005)  # a large input's decoding
         return [body.text.split()]
 
     def predict(self, items: list[list[str]]) -> list[float]:
@@ -266,3 +271,25 @@ def test_a_declaration_naming_an_undeclared_pool_or_model_fails_at_build() -> No
 
     with pytest.raises(ValueError, match="model 'missing'"):
         create_app(NoModel({}), settings(), load=False)
+
+
+def test_cheap_preprocessing_runs_on_the_event_loop_and_costly_on_the_workers(
+    roots: dict[str, Path],
+) -> None:
+    def on_workers(text: str, client: TestClient) -> bool:
+        PREPROCESSED_ON.clear()
+        assert client.post("/v1/score", json={"text": text}).status_code == 200
+        (thread,) = PREPROCESSED_ON
+        return thread.startswith("two-pre")
+
+    with TestClient(create_app(TwoModels(roots), settings())) as client:
+        wait_ready(client)
+        assert not on_workers("good", client)  # no hand-off to a thread and back
+        assert not on_workers("heavy good", client)  # its cost is known only once it ran
+        assert on_workers("good", client)  # the moving average is now above 300 us
+        # cheap again: back on the loop once the average has decayed below the threshold
+        back = [on_workers("good", client) for _ in range(30)]
+        assert back[-1] is False and back.index(False) > 3, back
+    with TestClient(create_app(TwoModels(roots), settings(preprocess_inline_us=0))) as client:
+        wait_ready(client)
+        assert on_workers("good", client)  # 0: always on the workers
