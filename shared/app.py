@@ -190,15 +190,14 @@ def create_app(
         settings.max_in_flight, settings.rate_limit_rps, settings.rate_limit_burst
     )
     install_error_handlers(app)
-    serving: dict[str, Any] = {
+    app.serving = {
         "metrics": metrics,
         "max_body_bytes": settings.max_body_bytes,
         "admission": app.state.admission,
         "model_version": lambda: runtime.current.version if runtime.current else None,
     }
-    app.serving = serving
     # ids, admission, limits, metrics first; then the fast path, else FastAPI's stack
-    app.front = ServingMiddleware(BatchedFastPath(app.stack, app, runtime), **serving)
+    app.front = ServingMiddleware(BatchedFastPath(app.stack, app, runtime), **app.serving)
     _add_docs(app)
     add_health(app, runtime, layout, protection(settings))
     protected = protection(settings)

@@ -77,7 +77,6 @@ class Batcher:
         self._queue_wait = metrics.queue_wait.labels(self.service)
         self._batch_size = metrics.batch_size.labels(self.service)
         self._queue_depth = metrics.queue_depth.labels(self.service)
-        self._stages: dict[tuple[str, str], Any] = {}
 
     @property
     def queued(self) -> int:
@@ -201,12 +200,7 @@ class Batcher:
             self._slots.release()
 
     def _stage(self, route: str, stage: str) -> Any:
-        child = self._stages.get((route, stage))
-        if child is None:
-            child = self._stages[(route, stage)] = self.metrics.stage_duration.labels(
-                self.service, route, stage
-            )
-        return child
+        return self.metrics.child(self.metrics.stage_duration, self.service, route, stage)
 
     def _drop_expired_and_cancelled(self, batch: list[_Pending]) -> list[_Pending]:
         now = time.monotonic()
