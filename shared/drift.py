@@ -170,6 +170,9 @@ class DriftMonitor:
         self.last: dict[str, Verdict] = {}
         self.checked_at_items = 0
         self.checked_time: float | None = None
+        #: called with each newest check's results under the lock (the observer's gauges), so
+        #: the gauges and GET /v1/model/drift always show the same, latest test
+        self.publish: Callable[[dict[str, Verdict]], None] | None = None
         self._due = 0
         self._lock = threading.Lock()
         ref_classes = reference.classes(reference.rows)
@@ -195,7 +198,8 @@ class DriftMonitor:
             return True
 
     def check(self) -> dict[str, Verdict]:
-        """Test the current window (nothing below MIN_ITEMS items); keeps the result."""
+        """Test the current window (nothing below MIN_ITEMS items); keeps and publishes the
+        result unless a check of a later window finished first."""
         with self._lock:
             rows = np.array(self.window, dtype=np.float64)
             seen = self.seen
@@ -206,7 +210,10 @@ class DriftMonitor:
             results["classes"] = self._classes(rows)
         results["mmd"] = self._mmd_verdict(rows)
         with self._lock:
-            self.last, self.checked_at_items, self.checked_time = results, seen, time.time()
+            if seen >= self.checked_at_items:
+                self.last, self.checked_at_items, self.checked_time = results, seen, time.time()
+                if self.publish is not None:
+                    self.publish(results)
         return results
 
     def _ks(self, rows: np.ndarray) -> Verdict:

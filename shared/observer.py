@@ -11,6 +11,7 @@ there) have no drift reference: the sampled share of them is logged, one item pe
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import queue
@@ -87,6 +88,7 @@ class Observer:
             self.metrics.drift_detected.labels(self.service, key, test).set(0)
             self.metrics.drift_p_value.labels(self.service, key, test).set(math.nan)
             self.metrics.drift_statistic.labels(self.service, key, test).set(math.nan)
+        monitor.publish = functools.partial(self._gauges, key)
 
     def wanted(self, monitor: DriftMonitor | None) -> bool:
         return monitor is not None or self.log is not None
@@ -163,7 +165,7 @@ class Observer:
             due = monitor.add(features_of(monitor.reference.kind, items, outputs))
             self.metrics.drift_window_items.labels(self.service, key).set(len(monitor.window))
             if due:
-                self._gauges(key, monitor.check())
+                monitor.check()  # published to the gauges (activate)
 
     def _gauges(self, key: str, results: dict[str, Verdict]) -> None:
         for test, result in results.items():

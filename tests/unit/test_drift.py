@@ -5,7 +5,9 @@ that must, within a stated number of items; plus the service's GET /v1/model/dri
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -161,19 +163,26 @@ def test_a_reference_of_the_wrong_shape_refuses_the_load(tmp_path: Path) -> None
         DriftReference.from_bundle(open_bundle(bundle_dir), "fp32")
 
 
-@pytest.fixture
-def drift_client(tmp_path: Path) -> Iterator[TestClient]:
-    seed_drift_cache(tmp_path / "cache")
-    settings = ServingSettings(
+@contextmanager
+def serving_drift(cache: Path, **settings: Any) -> Iterator[TestClient]:
+    seed_drift_cache(cache)
+    served = ServingSettings(
         mlflow_tracking_uri=DEAD_REGISTRY,
-        model_cache_dir=tmp_path / "cache",
+        model_cache_dir=cache,
         onnx_intra_op_threads=1,
         drift_window=WINDOW,
         drift_p_value=P_VALUE,
         log_json=False,
+        **settings,
     )
-    with TestClient(create_app(ClassifyService, settings)) as client:
+    with TestClient(create_app(ClassifyService, served)) as client:
         wait_ready(client)
+        yield client
+
+
+@pytest.fixture
+def drift_client(tmp_path: Path) -> Iterator[TestClient]:
+    with serving_drift(tmp_path / "cache") as client:
         yield client
 
 
@@ -210,6 +219,31 @@ def test_drift_endpoint_and_gauges_follow_the_served_traffic(drift_client: TestC
     assert found[("modelplane_drift_detected", "features")] == 1
     assert found[("modelplane_drift_window_items", "")] == WINDOW
     assert found[("modelplane_drift_p_value", "features")] < P_VALUE
+
+
+def test_the_drift_endpoints_own_check_updates_the_gauges(tmp_path: Path) -> None:
+    # the observer tests every 1,000 items, so only GET /v1/model/drift tests this window; the
+    # gauges must show that newest test, not the observer's older one (the alert reads them)
+    with serving_drift(tmp_path / "cache", drift_check_every=1000) as client:
+        for body in pngs(CORRUPTIONS["inverted"](digit_pixels(CLEAN[:WINDOW]))):
+            answer = client.post(
+                "/v1/classify", content=body, headers={"content-type": "image/png"}
+            )
+            assert answer.status_code == 200
+
+        def windowed() -> bool:
+            return gauges(client).get(("modelplane_drift_window_items", "")) == WINDOW
+
+        poll_until(windowed, 10, "the observer saw every request")
+        assert gauges(client)[("modelplane_drift_detected", "features")] == 0  # not tested yet
+        report = client.get("/v1/model/drift").json()["models"]["classify"]
+        assert report["tests"]["features"]["drifted"] is True
+        found = gauges(client)
+        assert found[("modelplane_drift_detected", "features")] == 1
+        assert (
+            found[("modelplane_drift_p_value", "features")]
+            == report["tests"]["features"]["p_value"]
+        )
 
 
 def test_the_export_stores_each_variants_view_of_the_validation_digits(tmp_path: Path) -> None:
