@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import functools
 import json
 import os
 import re
@@ -30,7 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -465,6 +466,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--concurrency", default="1,8,32")
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="measure every server this many times, interleaved; the median run is shown",
+    )
+    parser.add_argument(
         "--layouts",
         default="",
         help="more layouts to measure beside the old and the new default, comma list of "
@@ -499,7 +506,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         body = digit_png(work)
-        rows += bench_overhead(work, body, threads, layouts, args.seconds, facts)
+        rows += bench_overhead(work, body, threads, layouts, args.seconds, args.repeats, facts)
         if not args.overhead_only:
             rows += bench_bundle(args, work, body, threads, levels, layouts, facts)
     print_table(rows, facts)
@@ -513,6 +520,7 @@ def bench_overhead(
     threads: int,
     layouts: list[str],
     seconds: float,
+    repeats: int,
     facts: dict[str, dict[str, float]],
 ) -> list[Row]:
     """Server CPU per request on the tiny model (served from a seeded cache, registry down),
@@ -532,13 +540,44 @@ def bench_overhead(
         "LOG_LEVEL": "WARNING",
     }
     target = Target("/v1/classify", "image/png", body)
+    servers = service_configurations("tiny", base, threads, layouts)
+    return interleaved(servers, "tiny", target, [1, 32], seconds, work, model_us, repeats, facts)
+
+
+def interleaved(
+    servers: list[Server],
+    variant: str,
+    target: Target,
+    levels: list[int],
+    seconds: float,
+    work: Path,
+    model_us: dict[int, float],
+    repeats: int,
+    facts: dict[str, dict[str, float]],
+    between: Callable[[], None] = lambda: None,
+) -> list[Row]:
+    """Every server measured `repeats` times, round-robin (this machine's speed drifts over
+    minutes: one server measured in a slow minute and the next in a fast one differ by the
+    machine, not by themselves), `between()` after each; per server and concurrency the run
+    of median req/s, and the median of each fact."""
+    runs: dict[str, list[list[Row]]] = {server.label: [] for server in servers}
+    seen: dict[str, list[dict[str, float]]] = {server.label: [] for server in servers}
+    for repeat in range(repeats):
+        for server in servers:
+            print(f"  measuring {server.label} ({repeat + 1}/{repeats}) ...", flush=True)
+            measured, found = bench_service(
+                server, variant, target, levels, seconds, work, model_us
+            )
+            runs[server.label].append(measured)
+            seen[server.label].append(found)
+            between()
     rows = []
-    for server in service_configurations("tiny", base, threads, layouts):
-        print(f"  measuring {server.label} ...", flush=True)
-        measured, facts[server.label] = bench_service(
-            server, "tiny", target, [1, 32], seconds, work, model_us
-        )
-        rows += measured
+    for server in servers:
+        rows += median_rows(runs[server.label]) if repeats > 1 else runs[server.label][0]
+        facts[server.label] = {
+            key: float(np.median([found[key] for found in seen[server.label]]))
+            for key in seen[server.label][0]
+        }
     return rows
 
 
@@ -574,7 +613,6 @@ def bench_bundle(
             b: model_cpu_per_item_s(bundle.path, variant, threads, b) * 1e6 for b in (1, 32)
         }
         raw_runs = [raw_ort(bundle.path, variant, threads, raw_seconds)]
-        served_rows: list[Row] = []
         base = {
             "MLFLOW_TRACKING_URI": args.tracking_uri,
             "MODEL_URI": args.model_uri,
@@ -585,13 +623,15 @@ def bench_bundle(
         servers = service_configurations(variant, base, threads, layouts)
         if not args.no_peers:
             servers += peer_configurations(bundle.path, variant, threads, work)
-        for server in servers:
-            print(f"  measuring {server.label} ...", flush=True)
-            measured, facts[server.label] = bench_service(
-                server, variant, target, levels, args.seconds, work, model_us
-            )
-            served_rows += measured
-            raw_runs.append(raw_ort(bundle.path, variant, threads, raw_seconds))
+
+        raw_again = functools.partial(
+            lambda runs, *how: runs.append(raw_ort(*how)),
+            raw_runs, bundle.path, variant, threads, raw_seconds,
+        )  # fmt: skip
+        served_rows = interleaved(
+            servers, variant, target, levels, args.seconds, work, model_us, args.repeats,
+            facts, raw_again,
+        )  # fmt: skip
         rows += median_rows(raw_runs) + served_rows
         if variant == "fp32" and not args.no_protocols:
             print("  measuring REST v2 and gRPC ...", flush=True)
