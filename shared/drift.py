@@ -18,6 +18,7 @@ words raise it) and the share of single-byte tokens (an unseen script falls apar
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections import deque
@@ -160,11 +161,20 @@ class Verdict:
 class DriftMonitor:
     """A sliding window of feature rows and its tests against one reference (thread-safe)."""
 
-    def __init__(self, reference: DriftReference, window: int, check_every: int, p_value: float):
+    def __init__(
+        self,
+        reference: DriftReference,
+        window: int,
+        check_every: int,
+        p_value: float,
+        check_interval_s: float = 0.0,
+    ):
         self.reference = reference
         self.columns = FEATURE_SETS[reference.kind].columns(reference.rows.shape[1])
         self.window: deque[np.ndarray] = deque(maxlen=window)
         self.check_every = check_every
+        self.check_interval_s = check_interval_s
+        self._due_since = -math.inf  # monotonic time of the last test handed out by due()
         self.threshold = p_value
         self.seen = 0
         self.last: dict[str, Verdict] = {}
@@ -182,8 +192,8 @@ class DriftMonitor:
         classes = () if self._ref_counts is None else ("classes",)
         self.tests = ("features", *classes, "mmd")
 
-    def add(self, rows: np.ndarray) -> bool:
-        """Add served rows; True when a test is due (every `check_every` items)."""
+    def add(self, rows: np.ndarray) -> None:
+        """Add served rows (`due` tells when to test them)."""
         if rows.shape[1] != len(self.columns):
             raise ValueError(
                 f"{rows.shape[1]} feature columns; the reference has {len(self.columns)}"
@@ -192,9 +202,22 @@ class DriftMonitor:
             self.window.extend(rows)
             self.seen += len(rows)
             self._due += len(rows)
-            if self._due < self.check_every or len(self.window) < MIN_ITEMS:
+
+    @property
+    def pending(self) -> bool:
+        """Enough new items for a test, which waits for `check_interval_s` to pass."""
+        return self._due >= self.check_every and len(self.window) >= MIN_ITEMS
+
+    def due(self) -> bool:
+        """True, once, when a test is due: `check_every` new items since the last one and at
+        least `check_interval_s` since it. Under load, items alone would test many times a
+        second (a test costs milliseconds of a core); the gauges are scraped every few
+        seconds and the alert waits minutes."""
+        with self._lock:
+            now = time.monotonic()
+            if not self.pending or now - self._due_since < self.check_interval_s:
                 return False
-            self._due = 0
+            self._due, self._due_since = 0, now
             return True
 
     def check(self) -> dict[str, Verdict]:

@@ -64,6 +64,8 @@ class Observer:
         self.random = random.Random()
         self.queue: queue.Queue[Observation | None] = queue.Queue(settings.prediction_log_queue)
         self.thread: threading.Thread | None = None
+        #: monitors with new items not yet tested (the observer thread's own)
+        self.held: dict[int, DriftMonitor] = {}
         self.closed = False
         self._starting = threading.Lock()
 
@@ -76,7 +78,11 @@ class Observer:
             return None
         settings = self.settings
         return DriftMonitor(
-            reference, settings.drift_window, settings.drift_check_every, settings.drift_p_value
+            reference,
+            settings.drift_window,
+            settings.drift_check_every,
+            settings.drift_p_value,
+            settings.drift_check_interval_s,
         )
 
     def activate(self, key: str, monitor: DriftMonitor | None) -> None:
@@ -143,7 +149,15 @@ class Observer:
     def _take(self) -> list[Observation] | None:
         """The next observation and those already waiting behind it (None: closed), so that
         under load features are computed and tested per batch, not per request."""
-        if self.closed or (first := self.queue.get()) is None:
+        if self.closed:
+            return None
+        try:  # a test held back by DRIFT_CHECK_INTERVAL_S runs when its time comes, traffic or not
+            first = self.queue.get(
+                timeout=self.settings.drift_check_interval_s if self.held else None
+            )
+        except queue.Empty:
+            return []
+        if first is None:
             return None
         batch = [first]
         while len(batch) < TAKE_AT_ONCE and not self.queue.empty():
@@ -162,10 +176,14 @@ class Observer:
                 items.extend(observation.items)
                 outputs.extend(observation.outputs)
         for key, monitor, items, outputs in groups.values():
-            due = monitor.add(features_of(monitor.reference.kind, items, outputs))
+            monitor.add(features_of(monitor.reference.kind, items, outputs))
             self.metrics.drift_window_items.labels(self.service, key).set(len(monitor.window))
-            if due:
-                monitor.check()  # published to the gauges (activate)
+            self.held[id(monitor)] = monitor
+        for held in list(self.held.values()):
+            if held.due():
+                held.check()  # published to the gauges (activate)
+            if not held.pending:
+                del self.held[id(held)]
 
     def _gauges(self, key: str, results: dict[str, Verdict]) -> None:
         for test, result in results.items():

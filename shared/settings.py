@@ -205,6 +205,13 @@ class ServingSettings(BaseSettings):
     drift_check_every: int = Field(
         50, ge=1, le=100_000, description="Test the window again after this many new items."
     )
+    drift_check_interval_s: float = Field(
+        1.0,
+        ge=0,
+        le=3600,
+        description="... and no sooner than this many seconds after the last test (a test "
+        "takes milliseconds of a core; under load, every 50 items would be many times a second).",
+    )
     drift_p_value: float = Field(
         0.001, gt=0, lt=1, description="A test below this p-value flags drift."
     )

@@ -27,6 +27,7 @@ from tests.tinydrift import CLEAN, CORRUPTIONS, digit_pixels, model_inputs, pngs
 from tests.unit.conftest import DEAD_REGISTRY, wait_ready
 
 WINDOW = 100
+TESTS = ("features", "classes", "mmd")
 P_VALUE = 0.001
 REPEATS = 200
 #: stated detection delay: corrupted items after which every repetition has alarmed
@@ -244,6 +245,41 @@ def test_the_drift_endpoints_own_check_updates_the_gauges(tmp_path: Path) -> Non
             found[("modelplane_drift_p_value", "features")]
             == report["tests"]["features"]["p_value"]
         )
+
+
+def test_a_test_waits_for_the_interval_then_runs_once(reference: DriftReference) -> None:
+    monitor = DriftMonitor(reference, WINDOW, 10, P_VALUE, check_interval_s=0.3)
+    rows = reference.rows[:40]
+    monitor.add(rows[:30])
+    assert monitor.due()  # 30 new items, no test yet: due at once
+    assert not monitor.due()  # handed out once
+    monitor.add(rows[30:40])
+    assert monitor.pending and not monitor.due()  # 10 more, but within the interval: held
+    poll_until(monitor.due, 5, "the held test came due")
+    assert not monitor.pending and not monitor.due()
+
+
+def test_a_held_test_runs_without_more_traffic(tmp_path: Path) -> None:
+    # the first test runs once 30 clean items are in; the next is held for the interval, and
+    # the 70 that follow (40 of them inverted) arrive well within it: that test then runs
+    # with no request arriving (nor GET /v1/model/drift) to trigger it
+    with serving_drift(
+        tmp_path / "cache", drift_check_every=10, drift_check_interval_s=3.0
+    ) as client:
+        clean = pngs(digit_pixels(CLEAN[:60]))
+        inverted = pngs(CORRUPTIONS["inverted"](digit_pixels(CLEAN[60:100])))
+        for body in [*clean, *inverted]:
+            answer = client.post(
+                "/v1/classify", content=body, headers={"content-type": "image/png"}
+            )
+            assert answer.status_code == 200
+
+        def flagged() -> bool:
+            found = gauges(client)
+            return any(found[("modelplane_drift_detected", test)] == 1 for test in TESTS)
+
+        poll_until(flagged, 15, "the held test flagged the inverted digits")
+        assert gauges(client)[("modelplane_drift_window_items", "")] == 100
 
 
 def test_the_export_stores_each_variants_view_of_the_validation_digits(tmp_path: Path) -> None:
