@@ -80,7 +80,9 @@ def run(
     if layout.processes > 1 and not is_worker():
         from shared.supervisor import supervise
 
-        return supervise(service, settings, layout, sys.argv[1:] if argv is None else argv)
+        stop_within_s = settings.shutdown_drain_s + ACCEPT_QUEUE_WAIT_S + GRACEFUL_TIMEOUT_S + 5
+        arguments = sys.argv[1:] if argv is None else argv
+        return supervise(service, settings, layout, arguments, stop_within_s)
     # the catalog's gRPC port goes with the catalog's HTTP port: a process moved to another
     # port (tests, benchmarks, side-by-side runs) would collide on it, so it asks GRPC_PORT
     fallback = default_grpc_port if args.port == default_port else None
@@ -160,11 +162,13 @@ class DrainingServer(uvicorn.Server):
         self.start_draining = start_draining
         self.stop_others = stop_others  # other listeners (gRPC), stopped beside HTTP
         self._drain_timer: threading.Timer | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         """uvicorn's, plus writing the queued log lines before it re-raises the signal it
         caught (the default handler then ends the process without running atexit)."""
+        self._loop = asyncio.get_running_loop()  # the signal handler hands its work to it
         with super().capture_signals():
             try:
                 yield
@@ -172,9 +176,23 @@ class DrainingServer(uvicorn.Server):
                 write_synchronously()
 
     def handle_exit(self, sig: int, frame: Any) -> None:
+        """The signal handler: it runs on the main thread between two bytecodes of whatever
+        the event loop was doing, possibly inside a metric update that holds
+        prometheus_client's lock (in multiprocess mode one lock for every metric, and not
+        reentrant). Draining sets the ready gauge, so run here it could wait on that lock
+        for ever: the handler only hands the signal to the loop."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            self.on_signal(sig)
+        else:
+            loop.call_soon_threadsafe(self.on_signal, sig)
+
+    def on_signal(self, sig: int) -> None:
+        """A signal, on the event loop: withdraw readiness, then shut down now or after the
+        drain window."""
         self.start_draining()
         if self.drain_s <= 0 or self._drain_timer is not None:
-            super().handle_exit(sig, frame)
+            super().handle_exit(sig, None)
             return
         log.info("signal %d: draining for %.1fs before shutting down", sig, self.drain_s)
         self._drain_timer = threading.Timer(self.drain_s, super().handle_exit, (sig, None))

@@ -87,27 +87,35 @@ def _die_with_parent(libc: ctypes.CDLL) -> Callable[[], None]:
 
 
 def supervise(
-    service: Service | type[Service], settings: ServingSettings, layout: Layout, argv: list[str]
+    service: Service | type[Service],
+    settings: ServingSettings,
+    layout: Layout,
+    argv: list[str],
+    stop_within_s: float = 30.0,
 ) -> int:
-    """Start the layout's processes running `python -m services.<name> argv` and wait."""
+    """Start the layout's processes running `python -m services.<name> argv` and wait; once
+    stopping, a process still running after `stop_within_s` (its whole shutdown sequence and
+    some) is killed."""
     check(service, layout.processes)
     own_dir = multiprocess_dir() is None
     metrics_dir = tempfile.mkdtemp(prefix="modelplane-metrics-") if own_dir else multiprocess_dir()
     assert metrics_dir is not None
     try:
-        return _run_children(service, settings, layout, argv, metrics_dir)
+        command = [sys.executable, "-m", f"services.{service.name}", *argv]
+        return run_children(command, settings, layout, metrics_dir, stop_within_s)
     finally:
         if own_dir:
             shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
-def _run_children(
-    service: Service | type[Service],
+def run_children(
+    command: list[str],
     settings: ServingSettings,
     layout: Layout,
-    argv: list[str],
     metrics_dir: str,
+    stop_within_s: float,
 ) -> int:
+    """`command` once per process of `layout`, supervised (supervise); the exit status."""
     children: list[subprocess.Popen[bytes]] = []
     arm = _die_with_parent(ctypes.CDLL(None)) if sys.platform == "linux" else None
     for index in range(layout.processes):
@@ -117,7 +125,6 @@ def _run_children(
             "REUSE_PORT": "true",
             MULTIPROC_ENV: metrics_dir,
         }
-        command = [sys.executable, "-m", f"services.{service.name}", *argv]
         # own session: a terminal's Ctrl-C reaches this process only, which passes it on once
         children.append(
             subprocess.Popen(
@@ -141,10 +148,12 @@ def _run_children(
         f"port {settings.metrics_port}" if exporter is not None else "/metrics",
     )
     stopping = False
+    stop_by = float("inf")
 
     def forward(sig: int, frame: FrameType | None) -> None:
-        nonlocal stopping
+        nonlocal stopping, stop_by
         stopping = True
+        stop_by = min(stop_by, time.monotonic() + stop_within_s)
         for child in children:
             if child.poll() is None:
                 child.send_signal(sig)
@@ -161,6 +170,13 @@ def _run_children(
         if exited and not stopping:
             log.error("a service process exited with %d: stopping the others", exited[0].returncode)
             forward(signal.SIGTERM, None)
+        if time.monotonic() > stop_by:
+            for child in children:
+                if child.poll() is None:
+                    log.error(
+                        "process %d did not stop within %.0fs: killed", child.pid, stop_within_s
+                    )
+                    child.kill()
         time.sleep(0.1)
     if exporter is not None:
         exporter.shutdown()

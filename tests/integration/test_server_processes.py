@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import signal
 import sys
@@ -142,3 +144,42 @@ def test_similarity_refuses_several_processes(tmp_path: Path) -> None:
     with running(cmd, log, env) as proc:
         assert proc.wait(timeout=60) != 0
     assert "single_process" in log.read_text()
+
+
+STUBBORN = (
+    "import os, signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+    "print('child', os.getpid(), flush=True); time.sleep(120)"
+)
+SUPERVISOR = """
+import logging, sys
+from shared.layout import Layout
+from shared.settings import ServingSettings
+from shared.supervisor import run_children
+logging.basicConfig(level=logging.INFO)
+layout = Layout(cores=2, processes=2, intra_op_threads=1, inference_workers=1, chosen_by="test")
+command = [sys.executable, "-c", sys.argv[1]]
+sys.exit(run_children(command, ServingSettings(), layout, sys.argv[2], stop_within_s=1.0))
+"""
+
+
+def test_the_supervisor_kills_a_process_that_ignores_the_stop_signal(tmp_path: Path) -> None:
+    log = tmp_path / "supervisor.log"
+    cmd = [sys.executable, "-c", SUPERVISOR, STUBBORN, str(tmp_path)]
+    pids: list[int] = []
+    try:
+        with running(cmd, log) as proc:
+
+            def both_started() -> list[int] | None:
+                found = [int(pid) for pid in re.findall(r"^child (\d+)$", log.read_text(), re.M)]
+                return found if len(found) == 2 else None
+
+            pids = poll_until(both_started, 30, "both children started")
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=20) == signal.SIGKILL, tail(log)  # not a clean stop
+            assert log.read_text().count("did not stop within 1s: killed") == 2, tail(log)
+        for pid in pids:  # killed and reaped by the supervisor
+            assert not Path(f"/proc/{pid}").exists()
+    finally:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
