@@ -31,7 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -478,6 +478,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "PxT[xB]: P processes on one port x T intra-op threads (x B batches in flight)",
     )
     parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE[,KEY=VALUE]",
+        help="one more server beside the defaults, with these settings (repeatable): what a "
+        "setting costs, e.g. --env DRIFT_ENABLED=false",
+    )
+    parser.add_argument(
         "--scale-out", action="store_true", help="also 1 process x every core, 2 x half each"
     )
     parser.add_argument("--no-peers", action="store_true", help="skip LitServe and mlflow")
@@ -620,7 +628,7 @@ def bench_bundle(
             "MODEL_CACHE_DIR": str(args.cache_dir),
             "LOG_LEVEL": "WARNING",
         }
-        servers = service_configurations(variant, base, threads, layouts)
+        servers = service_configurations(variant, base, threads, layouts, args.env)
         if not args.no_peers:
             servers += peer_configurations(bundle.path, variant, threads, work)
 
@@ -642,11 +650,12 @@ def bench_bundle(
 
 
 def service_configurations(
-    variant: str, base: dict[str, str], cores: int, layouts: list[str]
+    variant: str, base: dict[str, str], cores: int, layouts: list[str], envs: Sequence[str] = ()
 ) -> list[Server]:
     """The old default (one process, every core as intra-op threads, one batch in flight,
     pinned by its settings), the new default (no layout setting at all: shared/layout.py),
-    and `layouts` (PxT[xB]: SERVER_PROCESSES x ONNX_INTRA_OP_THREADS x INFERENCE_WORKERS)."""
+    the default with each of `envs` (KEY=VALUE,...), and `layouts` (PxT[xB]: SERVER_PROCESSES x
+    ONNX_INTRA_OP_THREADS x INFERENCE_WORKERS)."""
     old = {
         "SERVER_PROCESSES": "1",
         "ONNX_INTRA_OP_THREADS": str(cores),
@@ -656,6 +665,9 @@ def service_configurations(
         Server(f"service {variant} old default", {**base, **old}),
         Server(f"service {variant} new default", base),
     ]
+    for settings in envs:
+        pairs = dict(pair.split("=", 1) for pair in settings.split(","))
+        servers.append(Server(f"service {variant} {settings}", {**base, **pairs}))
     for layout in layouts:
         processes, threads, *batches = (int(n) for n in layout.split("x"))
         env = {

@@ -172,6 +172,9 @@ class DriftMonitor:
         self.reference = reference
         self.columns = FEATURE_SETS[reference.kind].columns(reference.rows.shape[1])
         self.window: deque[np.ndarray] = deque(maxlen=window)
+        #: served (item, output) pairs whose feature rows are computed only when a test or a
+        #: report needs them: under load most items leave the window untested
+        self._served: deque[tuple[Any, Any]] = deque(maxlen=window)
         self.check_every = check_every
         self.check_interval_s = check_interval_s
         self._due_since = -math.inf  # monotonic time of the last test handed out by due()
@@ -193,20 +196,53 @@ class DriftMonitor:
         self.tests = ("features", *classes, "mmd")
 
     def add(self, rows: np.ndarray) -> None:
-        """Add served rows (`due` tells when to test them)."""
-        if rows.shape[1] != len(self.columns):
-            raise ValueError(
-                f"{rows.shape[1]} feature columns; the reference has {len(self.columns)}"
-            )
+        """Add feature rows (`due` tells when to test them)."""
+        self._fits(rows)
         with self._lock:
+            self._rows()  # the items served before these go first
             self.window.extend(rows)
             self.seen += len(rows)
             self._due += len(rows)
 
+    def add_served(self, items: list[Any], outputs: list[Any]) -> None:
+        """Add served items and their outputs. Their feature rows are computed when a test or
+        a report needs them, and then only for the items still in the window: at 2,000
+        requests a second and a test a second, a tenth of them (an item that is a stack of
+        images, several rows, is computed at once)."""
+        if FEATURE_SETS[self.reference.kind].stacked:
+            self.add(features_of(self.reference.kind, items, outputs))
+            return
+        with self._lock:
+            self._served.extend(zip(items, outputs, strict=True))
+            self.seen += len(items)
+            self._due += len(items)
+
+    def _fits(self, rows: np.ndarray) -> None:
+        if rows.shape[1] != len(self.columns):
+            raise ValueError(
+                f"{rows.shape[1]} feature columns; the reference has {len(self.columns)}"
+            )
+
+    def _rows(self) -> np.ndarray:
+        """The window's rows, those of items served since the last call computed now (under
+        the lock)."""
+        if self._served:
+            items, outputs = zip(*self._served, strict=True)
+            self._served.clear()
+            rows = features_of(self.reference.kind, list(items), list(outputs))
+            self._fits(rows)
+            self.window.extend(rows)
+        return np.array(self.window, dtype=np.float64)
+
+    @property
+    def size(self) -> int:
+        """Items in the window."""
+        return min(self.window.maxlen or 0, len(self.window) + len(self._served))
+
     @property
     def pending(self) -> bool:
         """Enough new items for a test, which waits for `check_interval_s` to pass."""
-        return self._due >= self.check_every and len(self.window) >= MIN_ITEMS
+        return self._due >= self.check_every and self.size >= MIN_ITEMS
 
     def due(self) -> bool:
         """True, once, when a test is due: `check_every` new items since the last one and at
@@ -224,7 +260,7 @@ class DriftMonitor:
         """Test the current window (nothing below MIN_ITEMS items); keeps and publishes the
         result unless a check of a later window finished first."""
         with self._lock:
-            rows = np.array(self.window, dtype=np.float64)
+            rows = self._rows()
             seen = self.seen
         if len(rows) < MIN_ITEMS:
             return {}
@@ -274,7 +310,7 @@ class DriftMonitor:
         """GET /v1/model/drift for this model: the window, the last tests, the verdict."""
         with self._lock:
             last, checked, seen = self.last, self.checked_at_items, self.seen
-            size, when = len(self.window), self.checked_time
+            size, when = self.size, self.checked_time
         return {
             "features": self.reference.kind,
             "reference": {"items": len(self.reference.rows), "source": self.reference.source},

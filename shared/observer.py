@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from shared.drift import DriftMonitor, DriftReference, Verdict, features_of
+from shared.drift import DriftMonitor, DriftReference, Verdict
 from shared.metrics import Metrics
 from shared.predlog import CloudEventsSink, JsonlSink, PredictionLog, Sink, record, summarize_input
 from shared.settings import ServingSettings
@@ -176,8 +176,8 @@ class Observer:
                 items.extend(observation.items)
                 outputs.extend(observation.outputs)
         for key, monitor, items, outputs in groups.values():
-            monitor.add(features_of(monitor.reference.kind, items, outputs))
-            self.metrics.drift_window_items.labels(self.service, key).set(len(monitor.window))
+            monitor.add_served(items, outputs)
+            self.metrics.drift_window_items.labels(self.service, key).set(monitor.size)
             self.held[id(monitor)] = monitor
         for held in list(self.held.values()):
             if held.due():

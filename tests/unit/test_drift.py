@@ -247,6 +247,24 @@ def test_the_drift_endpoints_own_check_updates_the_gauges(tmp_path: Path) -> Non
         )
 
 
+def test_served_items_are_tested_as_their_rows_would_be(
+    bundle: Bundle, reference: DriftReference
+) -> None:
+    # features are computed lazily, for the items still in the window when a test runs
+    model = OnnxModel.from_bundle(bundle, "fp32", 1)
+    images = np.concatenate([digit_pixels(CLEAN), CORRUPTIONS["inverted"](digit_pixels(CLEAN))])
+    inputs = model_inputs(images[: 3 * WINDOW])
+    logits = model.run({"input": inputs})[0]
+    lazy = DriftMonitor(reference, WINDOW, 10, P_VALUE)
+    for start in range(0, len(inputs), 7):  # as the observer hands them over, a few at a time
+        lazy.add_served(list(inputs[start : start + 7]), list(logits[start : start + 7]))
+    assert lazy.size == WINDOW and lazy.seen == len(inputs)
+    eager = DriftMonitor(reference, WINDOW, 10, P_VALUE)
+    eager.add(features_of("classifier/1", list(inputs[-WINDOW:]), list(logits[-WINDOW:])))
+    assert lazy.check() == eager.check()
+    assert lazy.report()["window"] == {"size": WINDOW, "items": WINDOW}
+
+
 def test_a_test_waits_for_the_interval_then_runs_once(reference: DriftReference) -> None:
     monitor = DriftMonitor(reference, WINDOW, 10, P_VALUE, check_interval_s=0.3)
     rows = reference.rows[:40]
