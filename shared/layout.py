@@ -56,11 +56,11 @@ def cpu_budget(root: Path = CGROUP_ROOT) -> int:
 #: the most processes the default layout starts: each one holds its own copy of the models
 #: (RSS x N) and loads them at start-up (cold start about +1 s each on 2 cores)
 MAX_DEFAULT_PROCESSES = 4
-#: threads of all processes together per core in the default layout: a lone batch still gets
-#: two cores' share when a sibling process is idle (onnxruntime's workers do not spin, so an
-#: idle thread costs nothing); more would make loaded processes preempt each other's
-#: parallel-for
-THREADS_PER_CORE = 2
+#: threads of all processes together per core in the default layout. One: under load every
+#: core runs one onnxruntime thread, and no parallel-for waits for a thread that a sibling
+#: process preempted. Two (a lone batch gets two cores while its sibling idles) kept
+#: concurrency 1 faster for a heavy model, but lost at concurrency 32 (docs/performance.md)
+THREADS_PER_CORE = 1
 
 
 @dataclass(frozen=True)
@@ -84,11 +84,13 @@ def choose_layout(
 
     Default: one process per core (at most MAX_DEFAULT_PROCESSES), one batch in flight in
     each, and THREADS_PER_CORE x cores intra-op threads shared out between the processes and
-    their batches (never more than `cores` per batch). On 2 cores: 2 processes x 2 threads.
+    their batches (never more than `cores` per batch). On 2 cores: 2 processes x 1 thread.
     Measured with `make bench-serve` (docs/performance.md): against one process x 2 threads,
-    two processes serve more at concurrency 8 and 32 because one process's Python (HTTP,
-    decoding, batching) runs while the other's batch is in onnxruntime; against 2 processes x
-    1 thread, 2 threads each keep concurrency 1 as fast as one process with every core."""
+    two processes serve more at concurrency 32 because one process's Python (HTTP, decoding,
+    batching) runs while the other's batch is in onnxruntime; against 2 processes x 2 threads,
+    1 thread each serves more at concurrency 32 (no oversubscribed parallel-for) and costs a
+    heavy model (fp32) a fifth of its concurrency-1 throughput; one process
+    (SERVER_PROCESSES=1, every core as intra-op threads) is the layout for that case."""
     explicit = bool(processes or intra_op_threads or inference_workers)
     processes = processes or max(1, min(cores, MAX_DEFAULT_PROCESSES))
     workers = inference_workers or 1

@@ -50,11 +50,11 @@ def shape(layout: Layout) -> tuple[int, int, int, str]:
     return (layout.processes, layout.intra_op_threads, layout.inference_workers, layout.chosen_by)
 
 
-def test_default_layout_is_a_process_per_core_with_two_threads_per_core_in_all() -> None:
+def test_default_layout_is_a_process_per_core_with_one_thread_per_core_in_all() -> None:
     assert shape(choose_layout(1)) == (1, 1, 1, "default")
-    assert shape(choose_layout(2)) == (2, 2, 1, "default")  # a lone batch still gets 2 cores
-    assert shape(choose_layout(4)) == (4, 2, 1, "default")
-    assert shape(choose_layout(16)) == (MAX_DEFAULT_PROCESSES, 8, 1, "default")  # models x4
+    assert shape(choose_layout(2)) == (2, 1, 1, "default")
+    assert shape(choose_layout(4)) == (4, 1, 1, "default")
+    assert shape(choose_layout(16)) == (MAX_DEFAULT_PROCESSES, 4, 1, "default")  # models x4
 
 
 def test_one_process_gets_every_core_and_its_batches_split_them() -> None:
