@@ -147,8 +147,9 @@ class Observer:
                 log.exception("observing %d requests failed", len(batch))
 
     def _take(self) -> list[Observation] | None:
-        """The next observation and those already waiting behind it (None: closed), so that
-        under load features are computed and tested per batch, not per request."""
+        """The next observation and those already waiting behind it (None: closed; empty: a
+        held test's time came with nothing queued), so that under load they are handled per
+        batch, not per request."""
         if self.closed:
             return None
         try:  # a test held back by DRIFT_CHECK_INTERVAL_S runs when its time comes, traffic or not
