@@ -96,6 +96,13 @@ def raw_ort(bundle_path: Path, variant: str, threads: int, seconds: float) -> li
     return rows
 
 
+def raw_into(
+    runs: list[list[Row]], bundle_path: Path, variant: str, threads: int, seconds: float
+) -> None:
+    """One more raw onnxruntime run (`raw_ort`) appended to `runs`."""
+    runs.append(raw_ort(bundle_path, variant, threads, seconds))
+
+
 def median_rows(runs: list[list[Row]]) -> list[Row]:
     """One row per batch size from repeated raw runs (before, between and after the service
     runs, since this machine's speed drifts over minutes): the run of median throughput,
@@ -633,9 +640,8 @@ def bench_bundle(
             servers += peer_configurations(bundle.path, variant, threads, work)
 
         raw_again = functools.partial(
-            lambda runs, *how: runs.append(raw_ort(*how)),
-            raw_runs, bundle.path, variant, threads, raw_seconds,
-        )  # fmt: skip
+            raw_into, raw_runs, bundle.path, variant, threads, raw_seconds
+        )
         served_rows = interleaved(
             servers, variant, target, levels, args.seconds, work, model_us, args.repeats,
             facts, raw_again,

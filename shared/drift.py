@@ -199,7 +199,7 @@ class DriftMonitor:
         """Add feature rows (`due` tells when to test them)."""
         self._fits(rows)
         with self._lock:
-            self._rows()  # the items served before these go first
+            self._flush()  # the items served before these go first
             self.window.extend(rows)
             self.seen += len(rows)
             self._due += len(rows)
@@ -223,16 +223,14 @@ class DriftMonitor:
                 f"{rows.shape[1]} feature columns; the reference has {len(self.columns)}"
             )
 
-    def _rows(self) -> np.ndarray:
-        """The window's rows, those of items served since the last call computed now (under
-        the lock)."""
+    def _flush(self) -> None:
+        """The rows of the items served since the last flush, computed now (under the lock)."""
         if self._served:
             items, outputs = zip(*self._served, strict=True)
             self._served.clear()
             rows = features_of(self.reference.kind, list(items), list(outputs))
             self._fits(rows)
             self.window.extend(rows)
-        return np.array(self.window, dtype=np.float64)
 
     @property
     def size(self) -> int:
@@ -260,7 +258,8 @@ class DriftMonitor:
         """Test the current window (nothing below MIN_ITEMS items); keeps and publishes the
         result unless a check of a later window finished first."""
         with self._lock:
-            rows = self._rows()
+            self._flush()
+            rows = np.array(self.window, dtype=np.float64)
             seen = self.seen
         if len(rows) < MIN_ITEMS:
             return {}

@@ -91,7 +91,7 @@ def supervise(
     settings: ServingSettings,
     layout: Layout,
     argv: list[str],
-    stop_within_s: float = 30.0,
+    stop_within_s: float,
 ) -> int:
     """Start the layout's processes running `python -m services.<name> argv` and wait; once
     stopping, a process still running after `stop_within_s` (its whole shutdown sequence and
@@ -147,13 +147,12 @@ def run_children(
         layout.inference_workers,
         f"port {settings.metrics_port}" if exporter is not None else "/metrics",
     )
-    stopping = False
-    stop_by = float("inf")
+    stop_by: float | None = None  # set by the first stop signal: kill what runs after it
 
     def forward(sig: int, frame: FrameType | None) -> None:
-        nonlocal stopping, stop_by
-        stopping = True
-        stop_by = min(stop_by, time.monotonic() + stop_within_s)
+        nonlocal stop_by
+        if stop_by is None:
+            stop_by = time.monotonic() + stop_within_s
         for child in children:
             if child.poll() is None:
                 child.send_signal(sig)
@@ -167,10 +166,10 @@ def run_children(
             if child.pid not in dead:  # its live gauges (ready, queue depth) leave the sums
                 dead.add(child.pid)
                 mark_process_dead(child.pid, metrics_dir)
-        if exited and not stopping:
+        if exited and stop_by is None:
             log.error("a service process exited with %d: stopping the others", exited[0].returncode)
             forward(signal.SIGTERM, None)
-        if time.monotonic() > stop_by:
+        if stop_by is not None and time.monotonic() > stop_by:
             for child in children:
                 if child.poll() is None:
                     log.error(
@@ -182,5 +181,5 @@ def run_children(
         exporter.shutdown()
         exporter.server_close()
     # a child stopped by the signal passed on to it (uvicorn re-raises it) ended cleanly
-    clean = {0, -signal.SIGTERM, -signal.SIGINT} if stopping else {0}
+    clean = {0, -signal.SIGTERM, -signal.SIGINT} if stop_by is not None else {0}
     return next((abs(c) or 1 for c in (ch.returncode for ch in children) if c not in clean), 0)

@@ -146,9 +146,9 @@ def test_similarity_refuses_several_processes(tmp_path: Path) -> None:
     assert "single_process" in log.read_text()
 
 
-STUBBORN = (
-    "import os, signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
-    "print('child', os.getpid(), flush=True); time.sleep(120)"
+STUBBORN = (  # ignores SIGTERM and waits for signals until one ends it (SIGKILL)
+    "import os, signal; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+    "print('child', os.getpid(), flush=True)\nwhile True: signal.pause()"
 )
 SUPERVISOR = """
 import logging, sys
